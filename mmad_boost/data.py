@@ -1,0 +1,277 @@
+"""The MMAD question file: samples (one per image), their questions, masks and templates.
+
+Format: protocol doc §1. Keys are image paths relative to the data root,
+`<Dataset>/<category>/<split>/<defect-or-good>/<file>`.
+"""
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+from PIL import Image
+
+from .errors import MmadError
+
+QUESTION_TYPES = (
+    "Anomaly Detection",
+    "Defect Classification",
+    "Defect Localization",
+    "Defect Description",
+    "Defect Analysis",
+    "Object Classification",
+    "Object Structure",
+    "Object Details",
+)
+LETTERS = "ABCDE"
+
+
+@dataclass(frozen=True)
+class Question:
+    text: str
+    options: dict[str, str]
+    answer: str
+    type: str
+    index: int  # position in the image's conversation; with the image key it names the question
+    annotation: bool = False
+
+
+@dataclass
+class Sample:
+    """One image of the question file with everything the file says about it."""
+
+    key: str
+    questions: list[Question]
+    mask_path: str = ""
+    similar_templates: list[str] = field(default_factory=list)
+    random_templates: list[str] = field(default_factory=list)
+
+    @property
+    def parts(self) -> list[str]:
+        return self.key.split("/")
+
+    @property
+    def dataset(self) -> str:
+        return self.parts[0]
+
+    @property
+    def category(self) -> str:
+        return self.parts[1] if len(self.parts) > 1 else ""
+
+    @property
+    def label(self) -> str:
+        """The defect folder (`good` for normal images)."""
+        return self.parts[-2] if len(self.parts) > 2 else ""
+
+    @property
+    def is_normal(self) -> bool:
+        return "good" in self.key  # MMAD's rule, kept literally (§1)
+
+    def qid(self, question: Question) -> str:
+        return f"{self.key}#{question.index}"
+
+
+def _no_duplicate_keys(path: Path):
+    def hook(pairs):
+        seen = {}
+        for k, v in pairs:
+            if k in seen:
+                raise MmadError(f"{path}: duplicate key {k!r}; each image may appear once — merge its entries")
+            seen[k] = v
+        return seen
+
+    return hook
+
+
+def _field(path: Path, key: str, value: dict, name: str, kind, default=None):
+    if name not in value:
+        if default is not None:
+            return default
+        raise MmadError(f"{path}: image {key!r} has no {name!r} field; add it (see docs/mmad-protocol.md §1)")
+    v = value[name]
+    if not isinstance(v, kind):
+        raise MmadError(f"{path}: image {key!r} field {name!r} must be {kind.__name__}, got {type(v).__name__}")
+    return v
+
+
+def parse_question(path: Path, key: str, i: int, q) -> Question:
+    where = f"{path}: image {key!r} question {i}"
+    if not isinstance(q, dict):
+        raise MmadError(f"{where} must be an object with Question/Options/Answer/type")
+    for name in ("Question", "Options", "Answer"):
+        if name not in q:
+            raise MmadError(f"{where} has no {name!r} field; add it")
+    opts = q["Options"]
+    if not isinstance(opts, dict) or not opts:
+        raise MmadError(f"{where}: 'Options' must be a non-empty object like {{\"A\": \"Yes\", \"B\": \"No\"}}")
+    for letter, text in opts.items():
+        if letter not in LETTERS or not isinstance(text, str):
+            raise MmadError(f"{where}: option {letter!r} must be a letter A-E with a text value")
+    if not isinstance(q["Question"], str):
+        raise MmadError(f"{where}: 'Question' must be a string")
+    ans = q["Answer"]
+    if ans not in opts:
+        raise MmadError(f"{where}: answer {ans!r} is not among the options {sorted(opts)}; fix 'Answer'")
+    qtype = q.get("type", "")
+    if not isinstance(qtype, str) or not qtype:
+        raise MmadError(f"{where}: 'type' must be one of {', '.join(QUESTION_TYPES)}")
+    return Question(q["Question"], dict(opts), ans, qtype, i, bool(q.get("annotation", False)))
+
+
+def parse_samples(raw, path: Path) -> list[Sample]:
+    if not isinstance(raw, dict):
+        raise MmadError(f"{path}: the question file must be a JSON object keyed by image path")
+    samples = []
+    for key, value in raw.items():
+        if not isinstance(value, dict):
+            raise MmadError(f"{path}: the value of image {key!r} must be an object with a 'conversation'")
+        conv = _field(path, key, value, "conversation", list)
+        mask = value.get("mask_path") or ""
+        if not isinstance(mask, str):
+            raise MmadError(f"{path}: image {key!r} field 'mask_path' must be a string")
+        samples.append(
+            Sample(
+                key=key,
+                questions=[parse_question(path, key, i, q) for i, q in enumerate(conv)],
+                mask_path=mask,
+                similar_templates=list(_field(path, key, value, "similar_templates", list, [])),
+                random_templates=list(_field(path, key, value, "random_templates", list, [])),
+            )
+        )
+    return samples
+
+
+class Benchmark:
+    """A data root and the question file that names images under it."""
+
+    def __init__(self, root: str | Path, questions: str | Path | None = None, *, allow_outside: bool = False):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise MmadError(f"data root {self.root} is not a folder; pass --data with the folder holding the images")
+        self.questions_file = Path(questions) if questions else self.root / "mmad.json"
+        self.allow_outside = allow_outside
+        self.samples = load_question_file(self.questions_file)
+        self.by_key = {s.key: s for s in self.samples}
+
+    # -- paths -----------------------------------------------------------
+    def resolve(self, rel: str, *, field_name: str = "image") -> Path:
+        """A path from the question file, kept inside the data root unless the user allows otherwise."""
+        p = Path(rel)
+        if not self.allow_outside and (p.is_absolute() or ".." in p.parts):
+            raise MmadError(
+                f"{self.questions_file}: {field_name} path {rel!r} leaves the data root; "
+                "use paths relative to --data (or pass --allow-outside-paths if you trust the file)"
+            )
+        return p if p.is_absolute() else self.root / p
+
+    def template_path(self, sample: Sample, rel: str) -> Path:
+        # MMAD stores templates from the data root; some files store them per category folder.
+        direct = self.resolve(rel, field_name="template")
+        if direct.exists():
+            return direct
+        return self.resolve(f"{sample.dataset}/{sample.category}/{rel}", field_name="template")
+
+    def mask_file(self, sample: Sample) -> Path | None:
+        if not sample.mask_path:
+            return None
+        return self.resolve(f"{sample.dataset}/{sample.category}/{sample.mask_path}", field_name="mask")
+
+    # -- loading ---------------------------------------------------------
+    def load_image(self, path: Path) -> Image.Image:
+        return load_rgb(path)
+
+    def load_mask(self, sample: Sample) -> np.ndarray | None:
+        path = self.mask_file(sample)
+        return None if path is None else load_mask(path)
+
+    # -- selection -------------------------------------------------------
+    def select(
+        self,
+        *,
+        datasets: Iterable[str] | None = None,
+        categories: Iterable[str] | None = None,
+        types: Iterable[str] | None = None,
+        limit: int | None = None,
+        subset: int | None = None,
+        seed: int = 0,
+    ) -> list[tuple[Sample, Question]]:
+        """Questions to ask, in file order (a seeded random subset when `subset` is given)."""
+        ds, cats, tps = (set(x) if x else None for x in (datasets, categories, types))
+        items = []
+        for s in self.samples:
+            if ds and s.dataset not in ds:
+                continue
+            if cats and s.category not in cats and f"{s.dataset}/{s.category}" not in cats:
+                continue
+            for q in s.questions:
+                if tps and q.type not in tps:
+                    continue
+                items.append((s, q))
+        if subset is not None and subset < len(items):
+            picked = sorted(random.Random(seed).sample(range(len(items)), subset))
+            items = [items[i] for i in picked]
+        if limit is not None:
+            items = items[:limit]
+        return items
+
+
+def load_question_file(path: Path) -> list[Sample]:
+    if not path.is_file():
+        raise MmadError(f"question file {path} not found; pass --questions FILE or put mmad.json in the data root")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_no_duplicate_keys(path))
+    except json.JSONDecodeError as e:
+        raise MmadError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}); fix or regenerate the file") from None
+    except UnicodeDecodeError:
+        raise MmadError(f"{path}: not UTF-8 text; save the question file as UTF-8 JSON") from None
+    return parse_samples(raw, path)
+
+
+def load_rgb(path: Path) -> Image.Image:
+    """Any image as 8-bit RGB (grayscale, 16-bit and CMYK files included)."""
+    if not path.exists():
+        raise MmadError(f"image {path} not found; check --data and the paths in the question file")
+    if path.is_file() and path.stat().st_size == 0:
+        raise MmadError(f"image {path} is empty (0 bytes); replace it with the real file")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return to_rgb(im)
+    except MmadError:
+        raise
+    except Exception as e:  # PIL raises many types for bad files
+        raise MmadError(f"image {path} cannot be read ({type(e).__name__}: {e}); replace the file") from None
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        a = np.asarray(im, dtype=np.float64)
+        hi = a.max() or 1.0
+        im = Image.fromarray((a / hi * 255).round().astype(np.uint8))
+    return im.convert("RGB")
+
+
+def load_mask(path: Path) -> np.ndarray:
+    """A boolean mask; a folder of masks is merged by maximum; label-valued masks binarised with > 0."""
+    if path.is_dir():
+        files = sorted(f for f in path.iterdir() if f.suffix.lower() in (".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff"))
+        if not files:
+            raise MmadError(f"mask folder {path} holds no mask images; add them or clear 'mask_path'")
+        masks = [load_mask(f) for f in files]
+        shapes = {m.shape for m in masks}
+        if len(shapes) > 1:
+            raise MmadError(f"mask folder {path}: masks differ in size {sorted(shapes)}; they must match the image")
+        return np.maximum.reduce(masks)
+    if not path.exists():
+        raise MmadError(f"mask {path} not found; check 'mask_path' (relative to <Dataset>/<category>/)")
+    try:
+        with Image.open(path) as im:
+            a = np.asarray(im)
+    except Exception as e:
+        raise MmadError(f"mask {path} cannot be read ({type(e).__name__}); replace the file") from None
+    if a.ndim == 3:
+        a = a.max(axis=2)
+    return a > 0

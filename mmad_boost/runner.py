@@ -1,0 +1,320 @@
+"""The benchmark loop: each question asked on its own, records appended as they arrive, resumable.
+
+Per-image work (loading images, a model's `prepare`: knowledge, expert picture) runs once per
+image and is shared by that image's questions, also across worker threads.
+"""
+from __future__ import annotations
+
+import sys
+import threading
+import time
+import zlib
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from .data import Benchmark, Question, Sample
+from .errors import MmadError
+from .models.base import as_model
+from .parsing import PARSERS, parse_answer
+from .prompt import Query, SampleInfo, build_prompt, shuffle_options
+from .records import RecordWriter, check_run_config, file_sha256, read_records, records_name, rewrite_records
+from .settings import Setting, parse_setting
+
+
+@dataclass
+class RunSummary:
+    run_dir: Path
+    total: int
+    skipped: int
+    asked: int
+    errors: int
+    interrupted: bool = False
+
+
+def shard_of(key: str, n: int) -> int:
+    """1-based shard of an image: by image, so per-image work is never split across shards."""
+    return zlib.crc32(key.encode("utf-8")) % n + 1
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    if not text:
+        return None
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise MmadError(f"--shard {text!r}: use I/N, e.g. 2/3") from None
+    if not (1 <= i <= n):
+        raise MmadError(f"--shard {text!r}: I must be between 1 and N")
+    return i, n
+
+
+class _ImageCache:
+    """Per-image contexts computed once; freed when the image's last question is done."""
+
+    def __init__(self, build, pending: dict[str, int]):
+        self.build = build
+        self.pending = dict(pending)
+        self.values: dict[str, Any] = {}
+        self.locks: dict[str, threading.Lock] = {}
+        self.guard = threading.Lock()
+        self.built = 0
+
+    def get(self, sample: Sample):
+        with self.guard:
+            lock = self.locks.setdefault(sample.key, threading.Lock())
+        with lock:
+            if sample.key not in self.values:
+                self.values[sample.key] = self.build(sample)
+                self.built += 1
+            return self.values[sample.key]
+
+    def done(self, key: str) -> None:
+        with self.guard:
+            self.pending[key] -= 1
+            if self.pending[key] <= 0:
+                self.values.pop(key, None)
+
+
+class Runner:
+    def __init__(
+        self,
+        bench: Benchmark,
+        model: Any,
+        out: str | Path,
+        *,
+        setting: str | Setting = "1-shot",
+        seed: int = 0,
+        parser: str = "strict",
+        workers: int = 1,
+        shuffle: bool = True,
+        shard: tuple[int, int] | None = None,
+        progress: bool = True,
+        force_mix: bool = False,
+        durable: bool = False,
+        model_spec: str | None = None,
+        max_consecutive_errors: int = 20,
+    ):
+        if parser not in PARSERS:
+            raise MmadError(f"unknown answer parser {parser!r}; use one of {', '.join(PARSERS)}")
+        self.bench = bench
+        self.model = as_model(model)
+        self.out = Path(out)
+        self.setting = parse_setting(setting) if isinstance(setting, str) else setting
+        self.seed = seed
+        self.parser = parser
+        self.workers = max(1, int(workers))
+        self.shuffle = shuffle
+        self.shard = shard
+        self.progress = progress
+        self.force_mix = force_mix
+        self.durable = durable
+        self.model_name = model_spec or getattr(self.model, "name", type(self.model).__name__)
+        self.max_consecutive_errors = max_consecutive_errors
+        self.images_prepared = 0
+
+    # -- identity ----------------------------------------------------------
+    def identity(self) -> dict:
+        cfg = self.model.config() if hasattr(self.model, "config") else {"name": self.model_name}
+        return {
+            "questions_sha256": file_sha256(self.bench.questions_file),
+            "setting": self.setting.name,
+            "seed": self.seed,
+            "parser": self.parser,
+            "shuffle": self.shuffle,
+            "model": self.model_name,
+            "model_config": cfg,
+        }
+
+    # -- per image -----------------------------------------------------------
+    def _image_context(self, sample: Sample) -> Query:
+        t0 = time.perf_counter()
+        tkeys = self.setting.templates(sample)
+        dkeys = self.setting.defect_examples(sample, self.bench, self.seed)
+        bench = self.bench
+        query = Query(
+            question="",
+            options={},
+            image=bench.load_image(bench.resolve(sample.key)),
+            templates=[bench.load_image(bench.template_path(sample, k)) for k in tkeys],
+            defect_examples=[bench.load_image(bench.resolve(k)) for k in dkeys],
+            info=SampleInfo(
+                key=sample.key,
+                dataset=sample.dataset,
+                category=sample.category,
+                label=sample.label,
+                is_normal=sample.is_normal,
+                template_keys=tkeys,
+                load_mask=lambda s=sample: bench.load_mask(s),
+                run_dir=str(self.out),
+            ),
+            trace={},
+        )
+        query.trace["templates"] = tkeys
+        if dkeys:
+            query.trace["defect_examples"] = dkeys
+        query.trace.setdefault("timings", {})["load_s"] = round(time.perf_counter() - t0, 4)
+        prepare = getattr(self.model, "prepare", None)
+        if callable(prepare):
+            query = prepare(query)
+            query.prepared = True
+        return query
+
+    # -- per question --------------------------------------------------------
+    def _ask(self, cache: _ImageCache, sample: Sample, q: Question) -> dict:
+        qid = sample.qid(q)
+        if self.shuffle:
+            options, answer = shuffle_options(q.options, q.answer, self.seed, qid)
+        else:
+            options, answer = dict(q.options), q.answer
+        record = {
+            "qid": qid,
+            "image": sample.key,
+            "question": q.text,
+            "question_type": q.type,
+            "correct_answer": answer,
+            "gpt_answer": None,
+            "response": None,
+            "options": options,
+            "setting": self.setting.name,
+            "model": self.model_name,
+            "parser": self.parser,
+            "latency_s": None,
+            "error": None,
+        }
+        try:
+            base = cache.get(sample)
+        except MmadError:
+            raise
+        query = replace(base, question=q.text, options=options, trace=_copy_trace(base.trace))
+        prompt = build_prompt(query)
+        t0 = time.perf_counter()
+        try:
+            response = self.model.generate(prompt)
+            if not isinstance(response, str):
+                raise TypeError(f"model returned {type(response).__name__}, expected str")
+            record["response"] = response
+            record["gpt_answer"] = parse_answer(response, options, self.parser)
+        except MmadError:
+            raise
+        except Exception as e:  # one question failing must not stop the run
+            record["error"] = f"{type(e).__name__}: {e}"[:2000]
+        record["latency_s"] = round(time.perf_counter() - t0, 4)
+        if query.trace:
+            record["trace"] = query.trace
+        return record
+
+    # -- the loop ------------------------------------------------------------
+    def run(self, items: list[tuple[Sample, Question]]) -> RunSummary:
+        if self.shard:
+            items = [(s, q) for s, q in items if shard_of(s.key, self.shard[1]) == self.shard[0]]
+        self._check_paths(items)
+        self.out.mkdir(parents=True, exist_ok=True)
+        check_run_config(self.out, self.identity(), force=self.force_mix)
+        path = self.out / records_name(self.shard)
+        existing = read_records(path, repair=True)
+        failed = [r for r in existing if r.get("error")]
+        if failed:  # retry only the errored questions: drop their records first, atomically
+            existing = [r for r in existing if not r.get("error")]
+            rewrite_records(path, existing)
+        done = {r.get("qid") for r in existing}
+        todo = [(s, q) for s, q in items if s.qid(q) not in done]
+        pending: dict[str, int] = {}
+        for s, _ in todo:
+            pending[s.key] = pending.get(s.key, 0) + 1
+        cache = _ImageCache(self._image_context, pending)
+        writer = RecordWriter(path, durable=self.durable)
+        bar = _progress(len(todo), self.progress)
+        errors = consecutive = asked = 0
+        interrupted = False
+        try:
+            with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="mmad") as pool:
+                it = iter(todo)
+                running = {}
+
+                def submit_next() -> bool:
+                    nxt = next(it, None)
+                    if nxt is None:
+                        return False
+                    running[pool.submit(self._ask, cache, *nxt)] = nxt
+                    return True
+
+                for _ in range(self.workers * 2):
+                    if not submit_next():
+                        break
+                try:
+                    while running:
+                        finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                        for fut in finished:
+                            sample, _q = running.pop(fut)
+                            record = fut.result()
+                            writer.write(record)
+                            cache.done(sample.key)
+                            asked += 1
+                            bar.update(1)
+                            if record["error"]:
+                                errors += 1
+                                consecutive += 1
+                                if consecutive >= self.max_consecutive_errors:
+                                    raise MmadError(
+                                        f"{consecutive} questions in a row failed, last: {record['error']}; "
+                                        f"fix the model set-up and rerun the same command (errors are retried, answers kept in {path})"
+                                    )
+                            else:
+                                consecutive = 0
+                            submit_next()
+                except BaseException:
+                    for fut in running:
+                        fut.cancel()
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    raise
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            bar.close()
+            writer.close()
+            self.images_prepared += cache.built
+        summary = RunSummary(self.out, len(items), len(items) - len(todo), asked, errors, interrupted)
+        if interrupted:
+            print(
+                f"\nInterrupted: {len(items) - len(todo) + asked} of {len(items)} questions are recorded in {path}. "
+                "Run the same command again to resume.",
+                file=sys.stderr,
+            )
+        return summary
+
+    def _check_paths(self, items) -> None:
+        """Fail before writing anything if an image the run needs is missing."""
+        seen = set()
+        for s, _ in items:
+            if s.key in seen:
+                continue
+            seen.add(s.key)
+            p = self.bench.resolve(s.key)
+            if not p.is_file():
+                raise MmadError(f"image {p} (key {s.key!r} in {self.bench.questions_file}) not found; check --data")
+            for k in self.setting.templates(s):
+                tp = self.bench.template_path(s, k)
+                if not tp.is_file():
+                    raise MmadError(f"template {tp} of image {s.key!r} not found; check --data and the question file")
+
+
+def _copy_trace(trace: dict) -> dict:
+    return {k: (dict(v) if isinstance(v, dict) else v) for k, v in trace.items()}
+
+
+class _NoBar:
+    def update(self, n):
+        pass
+
+    def close(self):
+        pass
+
+
+def _progress(total: int, enabled: bool):
+    if not enabled or total == 0:
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="q", desc="questions", dynamic_ncols=True, file=sys.stderr)

@@ -1,0 +1,35 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("MPLBACKEND", "Agg")
+sys.path.insert(0, str(Path(__file__).parent))
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+VISA = SHARED / "data" / "visa"
+MMAD_KNOWLEDGE = SHARED / "data" / "mmad" / "domain_knowledge.json"
+
+
+@pytest.fixture
+def fixture_root(tmp_path):
+    """A generated MMAD-format benchmark (2 categories, synthetic images, masks)."""
+    from fixtures import make_fixture
+
+    root = tmp_path / "data"
+    make_fixture(root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def shared_fixture_root(tmp_path_factory):
+    """The same generated benchmark, shared read-only across a session (do not modify)."""
+    from fixtures import make_fixture
+
+    root = tmp_path_factory.mktemp("shared") / "data"
+    make_fixture(root)
+    return root
