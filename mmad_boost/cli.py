@@ -76,7 +76,7 @@ def build_model(args):
     from .models import create_model
 
     model = create_model(args.model, **_model_options(args))
-    if args.rag or args.expert:
+    if args.rag or args.expert or args.knowledge or args.mmad_knowledge or args.retrieval or args.calibrated:
         from .boosted import BoostedModel
 
         model = BoostedModel.from_cli(model, args)
@@ -91,15 +91,17 @@ def cmd_eval(args) -> int:
     items = bench.select(datasets=args.dataset, categories=args.category, types=args.types, limit=args.limit, subset=args.subset, seed=args.seed)
     if not items:
         raise MmadError("no questions match the selection (--dataset/--category/--type/--limit); widen it")
-    model = build_model(args)
+    model = None if args.backend == "ray" else build_model(args)  # ray: each worker builds its own
     kwargs = dict(
         setting=args.setting, seed=args.seed, parser=args.parser, workers=args.workers, shuffle=not args.no_shuffle,
         shard=parse_shard(args.shard), progress=not args.no_progress, force_mix=args.force_mix, durable=args.durable, model_spec=args.model,
     )
     if args.backend == "ray":
+        from functools import partial
+
         from .distributed import RayRunner
 
-        runner = RayRunner(bench, model, args.out, address=args.address, **kwargs)
+        runner = RayRunner(bench, None, args.out, address=args.address, model_factory=partial(build_model, args), **kwargs)
     else:
         runner = Runner(bench, model, args.out, **kwargs)
     try:

@@ -118,12 +118,16 @@ def parse_question(path: Path, key: str, i: int, q) -> Question:
     qtype = q.get("type", "")
     if not isinstance(qtype, str) or not qtype:
         raise MmadError(f"{where}: 'type' must be one of {', '.join(QUESTION_TYPES)}")
+    if qtype not in QUESTION_TYPES:  # an unknown type would be left out of every score table silently
+        raise MmadError(f"{where}: type {qtype!r} is not one of {', '.join(QUESTION_TYPES)}; fix 'type'")
     return Question(q["Question"], dict(opts), ans, qtype, i, bool(q.get("annotation", False)))
 
 
 def parse_samples(raw, path: Path) -> list[Sample]:
     if not isinstance(raw, dict):
         raise MmadError(f"{path}: the question file must be a JSON object keyed by image path")
+    if not raw:
+        raise MmadError(f"{path}: the question file holds no images; pass the full mmad.json (or a non-empty subset)")
     samples = []
     for key, value in raw.items():
         if not isinstance(value, dict):
@@ -185,7 +189,17 @@ class Benchmark:
 
     def load_mask(self, sample: Sample) -> np.ndarray | None:
         path = self.mask_file(sample)
-        return None if path is None else load_mask(path)
+        if path is None:
+            return None
+        mask = load_mask(path)
+        with Image.open(self.resolve(sample.key)) as im:  # header only
+            w, h = im.size
+        if mask.shape != (h, w):
+            raise MmadError(
+                f"mask {path} is {mask.shape[1]}x{mask.shape[0]} but image {sample.key!r} is {w}x{h}; "
+                "resize the mask to the image size (nearest neighbour) or fix 'mask_path'"
+            )
+        return mask
 
     # -- selection -------------------------------------------------------
     def select(
@@ -243,6 +257,33 @@ def load_rgb(path: Path) -> Image.Image:
     except MmadError:
         raise
     except Exception as e:  # PIL raises many types for bad files
+        raise MmadError(f"image {path} cannot be read ({type(e).__name__}: {e}); replace the file") from None
+
+
+_COMPLETE_ENDINGS = {"PNG": b"IEND\xaeB`\x82", "JPEG": b"\xff\xd9"}
+
+
+def check_image_file(path: Path) -> None:
+    """Cheap up-front check (header and file end) so a bad image stops a run before it starts."""
+    if not path.is_file():
+        raise MmadError(f"image {path} not found; check --data and the paths in the question file")
+    size = path.stat().st_size
+    if size == 0:
+        raise MmadError(f"image {path} is empty (0 bytes); replace it with the real file")
+    try:
+        with Image.open(path) as im:
+            fmt = im.format
+            ending = _COMPLETE_ENDINGS.get(fmt)
+            if ending is None:
+                return
+            with open(path, "rb") as f:
+                f.seek(max(0, size - 64))
+                if ending in f.read():
+                    return
+            im.load()  # no end marker where expected: decode fully (trailing bytes after it are legal)
+    except Exception as e:  # PIL raises many types for bad files
+        if "truncated" in str(e) or isinstance(e, EOFError):
+            raise MmadError(f"image {path} is truncated (the file ends early); replace it with the complete file") from None
         raise MmadError(f"image {path} cannot be read ({type(e).__name__}: {e}); replace the file") from None
 
 

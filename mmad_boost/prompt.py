@@ -34,6 +34,7 @@ class SampleInfo:
     template_keys: list[str] = field(default_factory=list)
     load_mask: Callable[[], Any] | None = None  # -> bool ndarray or None; lazy: only the gt expert reads it
     run_dir: str | None = None  # where wrappers may save pictures they send
+    data_root: str | None = None  # benchmark root: wrappers fit per-category experts on ROOT/dataset/category/train/good
 
 
 @dataclass

@@ -66,6 +66,38 @@ def run_records(run_dir: Path) -> list[dict]:
     return out
 
 
+def lock_records(path: Path) -> int:
+    """Hold `<records>.lock` so two runs cannot append to one records file; the OS drops it if we die."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        return -1
+    fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise MmadError(f"{path} is being written by another running `mmad-boost eval`; wait for it to finish or use another --out folder") from None
+    return fd
+
+
+def unlock_records(fd: int) -> None:
+    if fd >= 0:
+        os.close(fd)
+
+
+def _jsonable(o):
+    """numpy scalars and arrays in a trace become plain JSON values, anything else its text."""
+    for conv in ("item", "tolist"):
+        f = getattr(o, conv, None)
+        if callable(f):
+            try:
+                return f()
+            except (TypeError, ValueError):
+                pass
+    return str(o)
+
+
 class RecordWriter:
     def __init__(self, path: Path, durable: bool = False):
         self.path = path
@@ -74,11 +106,15 @@ class RecordWriter:
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
     def write(self, record: dict) -> None:
-        line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+        line = memoryview((json.dumps(record, ensure_ascii=False, default=_jsonable) + "\n").encode("utf-8"))
         with self._lock:
-            os.write(self._fd, line)
-            if self.durable:
-                os.fsync(self._fd)
+            try:
+                while line:  # a short write (rare, e.g. near a full disk) must not leave half a line
+                    line = line[os.write(self._fd, line):]
+                if self.durable:
+                    os.fsync(self._fd)
+            except OSError as e:
+                raise MmadError(f"{self.path}: cannot write a record ({e.strerror}); free disk space or fix permissions, then rerun to resume") from None
 
     def close(self) -> None:
         with self._lock:
@@ -98,8 +134,8 @@ def rewrite_records(path: Path, records: list[dict]) -> None:
     os.replace(tmp, path)
 
 
-def check_run_config(run_dir: Path, identity: dict, *, force: bool = False) -> None:
-    """Refuse to mix answers of different configurations in one run folder."""
+def check_run_config(run_dir: Path, identity: dict, *, force: bool = False, extra: dict | None = None) -> None:
+    """Refuse to mix answers of different configurations in one run folder; `extra` (e.g. data_root) is stored, not checked."""
     path = run_dir / RUN_FILE
     if path.exists():
         try:
@@ -118,5 +154,5 @@ def check_run_config(run_dir: Path, identity: dict, *, force: bool = False) -> N
             return
     run_dir.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"identity": identity}, indent=2, default=str))
+    tmp.write_text(json.dumps({"identity": identity, **(extra or {})}, indent=2, default=str))
     os.replace(tmp, path)

@@ -9,17 +9,18 @@ import sys
 import threading
 import time
 import zlib
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+import queue
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .data import Benchmark, Question, Sample
+from .data import Benchmark, Question, Sample, check_image_file
 from .errors import MmadError
 from .models.base import as_model
 from .parsing import PARSERS, parse_answer
 from .prompt import Query, SampleInfo, build_prompt, shuffle_options
-from .records import RecordWriter, check_run_config, file_sha256, read_records, records_name, rewrite_records
+from .records import RecordWriter, check_run_config, file_sha256, lock_records, read_records, records_name, rewrite_records, unlock_records
 from .settings import Setting, parse_setting
 
 
@@ -75,6 +76,41 @@ class _ImageCache:
             self.pending[key] -= 1
             if self.pending[key] <= 0:
                 self.values.pop(key, None)
+
+
+class _DaemonPool:
+    """A thread pool whose threads are daemons: Ctrl-C need not wait for a model call in flight
+    (minutes for an API with retries). Records are written by the caller, so nothing is lost."""
+
+    def __init__(self, workers: int):
+        self.workers = workers
+        self.tasks: queue.SimpleQueue = queue.SimpleQueue()
+        for i in range(workers):
+            threading.Thread(target=self._work, name=f"mmad-{i}", daemon=True).start()
+
+    def _work(self) -> None:
+        while (task := self.tasks.get()) is not None:
+            fut, fn, args = task
+            if fut.set_running_or_notify_cancel():
+                try:
+                    fut.set_result(fn(*args))
+                except BaseException as e:  # delivered to the caller through the future
+                    fut.set_exception(e)
+
+    def submit(self, fn, *args) -> Future:
+        fut: Future = Future()
+        self.tasks.put((fut, fn, args))
+        return fut
+
+    def shutdown(self, wait: bool = False, cancel_futures: bool = True) -> None:
+        for _ in range(self.workers):
+            self.tasks.put(None)  # each thread ends after its current task; nobody waits for it
+
+    def __enter__(self) -> "_DaemonPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()
 
 
 class Runner:
@@ -148,6 +184,7 @@ class Runner:
                 template_keys=tkeys,
                 load_mask=lambda s=sample: bench.load_mask(s),
                 run_dir=str(self.out),
+                data_root=str(bench.root),
             ),
             trace={},
         )
@@ -210,14 +247,25 @@ class Runner:
         if self.shard:
             items = [(s, q) for s, q in items if shard_of(s.key, self.shard[1]) == self.shard[0]]
         self._check_paths(items)
+        check = getattr(self.model, "check_samples", None)
+        if callable(check):  # the model's own up-front checks (e.g. knowledge for every category)
+            check(list({s.key: s for s, _ in items}.values()))
+        if self.out.exists() and not self.out.is_dir():
+            raise MmadError(f"--out {self.out} is a file, not a folder; choose a folder path for the run")
+        created = not self.out.exists()
         self.out.mkdir(parents=True, exist_ok=True)
-        check_run_config(self.out, self.identity(), force=self.force_mix)
         path = self.out / records_name(self.shard)
-        existing = read_records(path, repair=True)
-        failed = [r for r in existing if r.get("error")]
-        if failed:  # retry only the errored questions: drop their records first, atomically
-            existing = [r for r in existing if not r.get("error")]
-            rewrite_records(path, existing)
+        lock = lock_records(path)
+        try:
+            check_run_config(self.out, self.identity(), force=self.force_mix, extra={"data_root": str(Path(self.bench.root).resolve())})
+            existing = read_records(path, repair=True)
+            failed = [r for r in existing if r.get("error")]
+            if failed:  # retry only the errored questions: drop their records first, atomically
+                existing = [r for r in existing if not r.get("error")]
+                rewrite_records(path, existing)
+        except BaseException:
+            unlock_records(lock)
+            raise
         done = {r.get("qid") for r in existing}
         todo = [(s, q) for s, q in items if s.qid(q) not in done]
         pending: dict[str, int] = {}
@@ -229,7 +277,7 @@ class Runner:
         errors = consecutive = asked = 0
         interrupted = False
         try:
-            with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="mmad") as pool:
+            with _DaemonPool(self.workers) as pool:
                 it = iter(todo)
                 running = {}
 
@@ -271,9 +319,14 @@ class Runner:
                     raise
         except KeyboardInterrupt:
             interrupted = True
+        except MmadError:
+            if created and asked == 0:  # failed before any answer: leave no half-made run folder behind
+                _remove_empty_run(self.out, path)
+            raise
         finally:
             bar.close()
             writer.close()
+            unlock_records(lock)
             self.images_prepared += cache.built
         summary = RunSummary(self.out, len(items), len(items) - len(todo), asked, errors, interrupted)
         if interrupted:
@@ -294,10 +347,20 @@ class Runner:
             p = self.bench.resolve(s.key)
             if not p.is_file():
                 raise MmadError(f"image {p} (key {s.key!r} in {self.bench.questions_file}) not found; check --data")
+            check_image_file(p)
             for k in self.setting.templates(s):
                 tp = self.bench.template_path(s, k)
                 if not tp.is_file():
                     raise MmadError(f"template {tp} of image {s.key!r} not found; check --data and the question file")
+                check_image_file(tp)
+
+
+def _remove_empty_run(out: Path, records: Path) -> None:
+    import shutil
+
+    records.unlink(missing_ok=True)
+    if not any(out.glob("records*.jsonl")):  # another shard may share the folder: keep its work
+        shutil.rmtree(out, ignore_errors=True)
 
 
 def _copy_trace(trace: dict) -> dict:

@@ -1,29 +1,115 @@
-"""Summaries of the per-answer trace (retrieval, expert) for report.md; empty when no boost ran."""
+"""Summaries of the per-answer trace (retrieval, expert, timings) for report.md; empty when no boost ran.
+
+Traces are per image (all questions of an image share one), so figures count images, not questions.
+"""
 from __future__ import annotations
+
+from collections import Counter, defaultdict
+
+from .scoring import is_normal_image
+
+
+def _per_image(records: list[dict]) -> dict[str, tuple[dict, dict]]:
+    out = {}
+    for r in records:
+        t = r.get("trace") or {}
+        if t and r.get("image"):
+            out[r["image"]] = (r, t)
+    return out
+
+
+def _mean(xs):
+    xs = [x for x in xs if x is not None]
+    return sum(xs) / len(xs) if xs else None
+
+
+def _rate(n: int, d: int) -> float | None:
+    return None if d == 0 else n / d
+
+
+def summarize(records: list[dict]) -> dict:
+    """Figures from the traces: {"retrieval": {...}, "expert": {...}, "timings": {...}}; keys absent when unused."""
+    images = _per_image(records)
+    out: dict = {}
+    ret = [(k, t["retrieval"]) for k, (_, t) in images.items() if t.get("retrieval")]
+    if ret:
+        truth = [x for _, x in ret if x.get("true_category") is not None]
+        right = sum(x.get("category") == x.get("true_category") for x in truth)
+        unknown = sum(x.get("category") is None for _, x in ret)
+        wrong = Counter((x["true_category"], x.get("category")) for x in truth if x.get("category") not in (None, x["true_category"]))
+        out["retrieval"] = {
+            "images": len(ret),
+            "modes": sorted({str(x.get("mode")) for _, x in ret}),
+            "with_truth": len(truth),
+            "right": right,
+            "accuracy": _rate(right, len(truth)),
+            "unknown": unknown,
+            "unknown_rate": _rate(unknown, len(ret)),
+            "confusions": [f"{a} -> {b} ({n})" for (a, b), n in wrong.most_common(5)],
+            "mean_score": _mean([x.get("score") for _, x in ret]),
+            "mean_knowledge_chars": _mean([x.get("knowledge_chars", 0) for _, x in ret]),
+        }
+    exp = [(k, t["expert"]) for k, (_, t) in images.items() if t.get("expert")]
+    if exp:
+        normal = [x for k, x in exp if is_normal_image(k)]
+        bad = [x for k, x in exp if not is_normal_image(k)]
+        decided = [(k, x) for k, x in exp if x.get("decision") is not None]
+        out["expert"] = {
+            "names": sorted({f"{x.get('name')} ({x.get('mode', 'faithful')}, {x.get('style')})" for _, x in exp}),
+            "normal_images": len(normal),
+            "defective_images": len(bad),
+            "false_marks": sum(bool(x.get("marked")) for x in normal),
+            "false_mark_rate": _rate(sum(bool(x.get("marked")) for x in normal), len(normal)),
+            "marks_on_defective": sum(bool(x.get("marked")) for x in bad),
+            "hit_rate": _rate(sum(bool(x.get("marked")) for x in bad), len(bad)),
+            "decision_accuracy": _rate(sum(bool(x["decision"]) != is_normal_image(k) for k, x in decided), len(decided)),
+            "mean_score_normal": _mean([x.get("score") for x in normal]),
+            "mean_score_defective": _mean([x.get("score") for x in bad]),
+        }
+    stages = defaultdict(list)
+    for _, t in images.values():
+        for stage, sec in (t.get("timings") or {}).items():
+            if isinstance(sec, (int, float)):
+                stages[stage].append(float(sec))
+    lat = [r.get("latency_s") for r in records if isinstance(r.get("latency_s"), (int, float))]
+    if stages or lat:
+        # a stage counts only the images that ran it (a per-category fit runs once per category)
+        timings = {s: {"mean_s": sum(v) / len(v), "images": len(v)} for s, v in sorted(stages.items())}
+        if lat:
+            timings["model latency per question"] = {"mean_s": sum(lat) / len(lat), "questions": len(lat)}
+        out["timings"] = timings
+    return out
+
+
+def _pct(v) -> str:
+    return "n/a" if v is None else f"{100 * v:.1f} %"
 
 
 def markdown(records: list[dict]) -> list[str]:
-    by_image = {}
-    for r in records:
-        t = r.get("trace") or {}
-        if t.get("retrieval") or t.get("expert"):
-            by_image[r["image"]] = (r, t)
-    if not by_image:
+    s = summarize(records)
+    if not (s.get("retrieval") or s.get("expert")):
         return []
-    out = ["## Boosts (per image)", ""]
-    ret = [(r, t["retrieval"]) for r, t in by_image.values() if t.get("retrieval")]
-    if ret:
-        known = [x for _, x in ret if x.get("true_category") is not None]
-        right = sum(x.get("category") == x.get("true_category") for x in known)
-        unknown = sum(x.get("category") is None for _, x in ret)
-        chars = sum(x.get("knowledge_chars", 0) for _, x in ret) / len(ret)
-        out.append(f"- retrieval: {len(ret)} images, mode {ret[0][1].get('mode')}; category right {right}/{len(known)}, unknown {unknown}, {chars:.0f} knowledge characters on average")
-    exp = [(r, t["expert"]) for r, t in by_image.values() if t.get("expert")]
-    if exp:
-        normal = [x for r, x in exp if "good" in r["image"]]
-        bad = [x for r, x in exp if "good" not in r["image"]]
-        fm = sum(bool(x.get("marked")) for x in normal)
-        hit = sum(bool(x.get("marked")) for x in bad)
-        out.append(f"- expert `{exp[0][1].get('name')}` ({exp[0][1].get('mode', 'faithful')}, {exp[0][1].get('style')}): marks on {fm}/{len(normal)} normal images (false marks), on {hit}/{len(bad)} defective images")
+    out = ["## Boosts (from the per-image trace)", ""]
+    r = s.get("retrieval")
+    if r:
+        out.append(
+            f"- retrieval ({', '.join(r['modes'])}), {r['images']} images: category right {r['right']}/{r['with_truth']} "
+            f"({_pct(r['accuracy'])}), unknown {r['unknown']} ({_pct(r['unknown_rate'])}), "
+            f"{r['mean_knowledge_chars']:.0f} knowledge characters per prompt on average"
+        )
+        if r["confusions"]:
+            out.append(f"  - wrong categories (true -> retrieved): {', '.join(r['confusions'])}")
+    e = s.get("expert")
+    if e:
+        out.append(
+            f"- expert {', '.join(e['names'])}: marks on {e['false_marks']}/{e['normal_images']} normal images "
+            f"(false-mark rate {_pct(e['false_mark_rate'])}), on {e['marks_on_defective']}/{e['defective_images']} defective images "
+            f"(hit rate {_pct(e['hit_rate'])})"
+        )
+        if e["decision_accuracy"] is not None:
+            out.append(f"  - calibrated decisions right on {_pct(e['decision_accuracy'])} of images")
+    t = s.get("timings")
+    if t:
+        out.append("- mean seconds: " + ", ".join(f"{k} {v['mean_s']:.3f} ({v.get('images', v.get('questions'))})" for k, v in t.items()))
     out.append("")
     return out

@@ -20,6 +20,7 @@ class MLLM:
     Optional hooks the runner uses when present:
     - `prepare(query) -> query`: per-image work (knowledge, expert picture), called once per image;
     - `config() -> dict`: what identifies this model's answers (stored in the run folder);
+    - `check_samples(samples)`: raise MmadError before a run writes anything (e.g. a category without knowledge);
     - `close()`: release resources.
     """
 

@@ -1,0 +1,446 @@
+"""BoostedModel: domain knowledge (RAG) and an anomaly expert's picture added to any model's prompt.
+
+`prepare(query)` does the per-image work once (retrieval, expert map, rendering); `generate`
+builds the prompt in MMAD's order (protocol §4) and calls the base model once. Inside the
+benchmark the runner calls `prepare` and passes what the sample knows (`query.info`); called by
+hand, the last image is the query and the others are normal templates.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from .errors import MmadError
+from .models.base import MLLM, as_model, query_from_hand
+from .prompt import Prompt, Query, build_prompt
+
+RETRIEVAL_MODES = ("oracle", "image")
+STYLES = ("bbox", "contour", "highlight", "mask", "heatmap")
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+# experts fitted per category, shared by every BoostedModel of the process (fitting takes seconds to minutes)
+_FITTED: dict[tuple, Any] = {}
+_FITTED_LOCKS: dict[tuple, threading.Lock] = {}
+_FITTED_GUARD = threading.Lock()
+
+
+class BoostedModel(MLLM):
+    """Wraps any model; adds knowledge and an expert picture to each prompt.
+
+    rag: False, True (the shipped knowledge base), a retriever object, a knowledge folder/file path,
+        or a retrieval mode ("oracle"/"image") meaning True with that mode.
+    retrieval: "oracle" (the sample's category, MMAD's behaviour), "image" (the query image finds
+        its category), or None: oracle when the category is known, image otherwise (by hand).
+    expert: None, a name (`patchcore`, `patchcore-fewshot`, `gt`, `anomalyclip`, `anomalib:<Model>`),
+        an expert object, or a fitted expert folder (`mmad-boost expert fit`).
+    calibrated: draw only what the expert believes (nothing on images it judges normal).
+    """
+
+    def __init__(
+        self,
+        base: Any,
+        rag: Any = False,
+        retrieval: str | None = None,
+        expert: Any = None,
+        visualization: str = "bbox",
+        calibrated: bool = False,
+        *,
+        knowledge: str | os.PathLike | None = None,
+        mmad_knowledge: str | os.PathLike | None = None,
+        expert_options: dict | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        holdout: float = 0.25,
+        save_pictures: bool = True,
+    ):
+        self.base = as_model(base)
+        if isinstance(rag, str) and rag in RETRIEVAL_MODES:
+            rag, retrieval = True, retrieval or rag
+        if retrieval is not None and retrieval not in RETRIEVAL_MODES:
+            raise MmadError(f"retrieval {retrieval!r}: use one of {', '.join(RETRIEVAL_MODES)}")
+        if visualization not in STYLES:
+            raise MmadError(f"visualization {visualization!r}: use one of {', '.join(STYLES)}")
+        self.retrieval = retrieval
+        self.visualization = visualization
+        self.calibrated = bool(calibrated)
+        self.expert_options = dict(expert_options or {})
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.holdout = holdout
+        self.save_pictures = save_pictures
+        self.retriever, self._rag_source = _make_retriever(rag, knowledge, mmad_knowledge)
+        if self.retriever is None and retrieval is not None:
+            raise MmadError("retrieval mode given without rag: pass rag=True (CLI: --rag)")
+        self._expert_fixed, self._expert_name, self._expert_source = _resolve_expert(expert)
+        self._expert_dir = _per_category_folder(expert)
+        if self.calibrated and self._expert_fixed is None and self._expert_name is None:
+            raise MmadError("calibrated=True needs an expert: pass expert=... (CLI: --expert NAME --calibrated)")
+        self._per_category: dict[tuple[str, str], Any] = {}
+        self._locks: dict[tuple[str, str], threading.Lock] = {}
+        self._guard = threading.Lock()
+        self._probe = None  # an unfitted instance of the named expert, to read its needs
+        self.last_trace: dict = {}
+        self.name = self._make_name()
+
+    # -- identity --------------------------------------------------------------
+    def _make_name(self) -> str:
+        parts = [getattr(self.base, "name", type(self.base).__name__)]
+        if self.retriever is not None:
+            parts.append(f"rag-{self.retrieval or 'auto'}")
+        if self._expert_source:
+            parts.append(f"{self._expert_source}-{self.visualization}" + ("-calibrated" if self.calibrated else ""))
+        return "+".join(parts)
+
+    def config(self) -> dict:
+        base_cfg = self.base.config() if callable(getattr(self.base, "config", None)) else {"name": getattr(self.base, "name", type(self.base).__name__)}
+        cfg: dict = {"name": "boosted", "base": base_cfg, "rag": None, "expert": None}
+        if self.retriever is not None:
+            ident = getattr(self.retriever, "config", None)
+            cfg["rag"] = {"source": self._rag_source, "retrieval": self.retrieval or "auto"}
+            if callable(ident):  # without keys a lazily built image index adds later: a rerun must match
+                cfg["rag"]["retriever"] = {k: v for k, v in ident().items() if k not in ("references", "image_encoder")}
+        if self._expert_source:
+            cfg["expert"] = {
+                "source": self._expert_source,
+                "style": self.visualization,
+                "mode": "calibrated" if self.calibrated else "faithful",
+                "options": {k: str(v) for k, v in sorted(self.expert_options.items())},
+            }
+            if self._expert_fixed is not None and getattr(self._expert_fixed, "state_id", None):
+                cfg["expert"]["state_id"] = str(self._expert_fixed.state_id)
+        return cfg
+
+    def close(self) -> None:
+        close = getattr(self.base, "close", None)
+        if callable(close):
+            close()
+
+    # -- the model protocol ----------------------------------------------------
+    def generate(self, prompt: Prompt) -> str:
+        q = prompt.query
+        if q is None:  # by hand: last image is the query, the others templates
+            text = "".join(p for p in prompt.parts if isinstance(p, str)).strip()
+            q = query_from_hand(prompt.images, text)
+            q.system = prompt.system
+        if not q.prepared:
+            q = replace(q, trace=dict(q.trace))
+            q = self.prepare(q)
+            q.prepared = True
+            prompt = build_prompt(q)
+        self.last_trace = q.trace
+        return self.base.generate(prompt)
+
+    def check_samples(self, samples) -> None:
+        """Before a run writes anything: knowledge for every category (oracle mode), a known expert name."""
+        base_check = getattr(self.base, "check_samples", None)
+        if callable(base_check):
+            base_check(samples)
+        find = getattr(self.retriever, "category_knowledge", None)
+        if callable(find) and self.retrieval in (None, "oracle"):
+            for dataset, category in sorted({(s.dataset, s.category) for s in samples}):
+                find(dataset, category)
+        if self._expert_name is not None:
+            self._probe_expert()
+
+    def prepare(self, query: Query) -> Query:
+        """Per-image work, once per image: knowledge text, expert picture, trace."""
+        base_prepare = getattr(self.base, "prepare", None)
+        if callable(base_prepare):  # a wrapped BoostedModel adds its own boosts first
+            query = base_prepare(query)
+        timings = query.trace.setdefault("timings", {})
+        category_hint = None
+        if self.retriever is not None:
+            t0 = time.perf_counter()
+            category_hint = self._add_knowledge(query)
+            timings["retrieval_s"] = round(time.perf_counter() - t0, 4)
+        if self._expert_source:
+            self._add_expert_picture(query, category_hint, timings)
+        return query
+
+    # -- RAG -----------------------------------------------------------------
+    def _add_knowledge(self, q: Query) -> str | None:
+        info = q.info
+        known = bool(info and info.category)
+        mode = self.retrieval or ("oracle" if known else "image")
+        if mode == "oracle" and not known:
+            raise MmadError("retrieval 'oracle' needs the image's category: run inside a benchmark, or use retrieval='image'")
+        r = self.retriever.retrieve(
+            mode=mode,
+            image=q.image if mode == "image" else None,
+            dataset=info.dataset if (info and mode == "oracle") else None,
+            category=info.category if mode == "oracle" else None,
+            question=None,
+        )
+        text = r.text or ""
+        if text:
+            q.knowledge = (q.knowledge + "\n" + text) if q.knowledge else text
+        q.trace["retrieval"] = {
+            "mode": mode,
+            "category": r.category,
+            "true_category": info.category if known else None,
+            "score": _num(r.score),
+            "runner_up": r.runner_up,
+            "knowledge_chars": len(text),
+        }
+        return (r.dataset, r.category) if r.category else None
+
+    # -- expert ----------------------------------------------------------------
+    def _add_expert_picture(self, q: Query, category_hint: tuple | None, timings: dict) -> None:
+        from .rendering import render
+
+        info = q.info
+        t0 = time.perf_counter()
+        expert = self._expert_for(q, category_hint, timings)
+        kwargs = {}
+        if getattr(expert, "needs_mask", False):
+            if info is None or info.load_mask is None:
+                raise MmadError("the ground-truth expert needs the image's mask: use it inside a benchmark (mmad-boost eval --expert gt)")
+            kwargs["mask"] = info.load_mask()
+        if getattr(expert, "needs_templates", False):
+            if not q.templates:
+                raise MmadError(f"expert {getattr(expert, 'name', 'few-shot')} fits on the template images: give normal images before the query image, or use a 1-shot or k-shot setting")
+            kwargs["templates"] = q.templates
+        if self.cache_dir is not None:  # maps stored per (expert state, image): reruns cost no inference
+            from .experts.base import cached_predict
+
+            out = cached_predict(expert, q.image, self.cache_dir / "maps", **kwargs)
+        else:
+            out = expert.predict(q.image, **kwargs)
+        timings["expert_s"] = round(time.perf_counter() - t0 - timings.get("expert_fit_s", 0.0), 4)
+        if self.calibrated and out.decision is None:
+            raise MmadError(f"expert {getattr(expert, 'name', '?')} is not calibrated: calibrated mode needs held-out normal images (run inside a benchmark, or pass an expert folder fitted with calibration)")
+        t0 = time.perf_counter()
+        shown = render(
+            q.image,
+            out.map,
+            self.visualization,
+            mode="calibrated" if self.calibrated else "faithful",
+            is_gt=bool(getattr(expert, "needs_mask", False)),
+            pixel_threshold=out.pixel_threshold,
+            decision=out.decision,
+            resample=getattr(expert, "resample", None),
+        )
+        timings["render_s"] = round(time.perf_counter() - t0, 4)
+        q.expert_image, q.expert_sentence = shown.image, shown.sentence
+        q.trace["expert"] = {
+            "name": getattr(expert, "name", type(expert).__name__),
+            "mode": "calibrated" if self.calibrated else "faithful",
+            "style": self.visualization,
+            "score": _num(out.score),
+            "decision": None if out.decision is None else bool(out.decision),
+            "marked": bool(shown.marked),
+            "picture": self._save_picture(q, shown.image),
+        }
+
+    def _save_picture(self, q: Query, image) -> str | None:
+        info = q.info
+        if not (self.save_pictures and info and info.run_dir and info.key):
+            return None
+        rel = Path("pictures") / Path(info.key).with_suffix(".png")
+        path = Path(info.run_dir) / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{threading.get_ident()}.tmp")
+        image.save(tmp, format="PNG")
+        os.replace(tmp, path)
+        return rel.as_posix()
+
+    def _expert_for(self, q: Query, category_hint: tuple | None, timings: dict):
+        if self._expert_fixed is not None:
+            return self._expert_fixed
+        if self._expert_dir is not None:
+            return self._prefitted(q, category_hint)
+        probe = self._probe_expert()
+        info = q.info
+        root = info.data_root if info else None
+        needs_fit = not (getattr(probe, "needs_mask", False) or getattr(probe, "needs_templates", False))
+        if not needs_fit and (not self.calibrated or getattr(probe, "image_threshold", None) is not None):
+            return probe  # gt, or a few-shot expert in faithful mode: one instance serves every category
+        if info and info.category and root:
+            key = (info.dataset, info.category)
+            with self._guard:
+                lock = self._locks.setdefault(key, threading.Lock())
+            with lock:
+                if key not in self._per_category:
+                    t0 = time.perf_counter()
+                    self._per_category[key] = self._fit_category(Path(root), *key, run_dir=info.run_dir)
+                    timings["expert_fit_s"] = round(time.perf_counter() - t0, 4)
+            return self._per_category[key]
+        if needs_fit and q.templates and self._expert_name == "patchcore":
+            # by hand: fit on the templates given, as MMAD's PatchCore did
+            return self._probe_fewshot()
+        raise MmadError(
+            f"expert {self._expert_name!r} must be fitted on normal images of the category"
+            + (" and calibrated" if self.calibrated else "")
+            + ": run it inside a benchmark (mmad-boost eval --expert), or pass a folder from `mmad-boost expert fit`"
+        )
+
+    def expert_for_category(self, data_root: str | os.PathLike, dataset: str, category: str):
+        """The expert this model uses for a category of a benchmark (fitting it if needed), e.g. to render by hand."""
+        from .prompt import SampleInfo
+
+        info = SampleInfo(dataset=dataset, category=category, data_root=str(data_root))
+        probe_query = Query(question="", options={}, image=None, info=info)  # type: ignore[arg-type]
+        return self._expert_for(probe_query, (dataset, category), {})
+
+    def _prefitted(self, q: Query, category_hint: tuple | None):
+        """From a folder of fitted experts laid out DATASET/CATEGORY/expert.json (e.g. `experts/`)."""
+        from .experts import load_expert
+
+        info = q.info
+        key = (info.dataset, info.category) if info and info.category else category_hint
+        if key is None:
+            raise MmadError(f"{self._expert_dir}: holds one expert per category, and this image's category is unknown; use it inside a benchmark or turn on rag with image retrieval")
+        with self._guard:
+            if key not in self._per_category:
+                found = [self._expert_dir / key[0] / key[1]] if key[0] else []
+                found = [d for d in found if (d / "expert.json").is_file()] or sorted(p.parent for p in self._expert_dir.glob(f"*/{key[1]}/expert.json"))
+                if not found:
+                    raise MmadError(f"{self._expert_dir}: no fitted expert for {key[0]}/{key[1]}; fit one with `mmad-boost expert fit --category {key[0]}/{key[1]} --out {self._expert_dir / str(key[0]) / key[1]}`")
+                self._per_category[key] = load_expert(found[0])
+            return self._per_category[key]
+
+    def _probe_expert(self):
+        with self._guard:
+            if self._probe is None:
+                from .experts import create_expert
+
+                self._probe = create_expert(self._expert_name, **self.expert_options)
+            return self._probe
+
+    def _probe_fewshot(self):
+        with self._guard:
+            if getattr(self, "_fewshot", None) is None:
+                from .experts import create_expert
+
+                self._fewshot = create_expert("patchcore-fewshot", **self.expert_options)
+            return self._fewshot
+
+    def _fit_category(self, root: Path, dataset: str, category: str, run_dir: str | None):
+        """Fit on ROOT/dataset/category/train/good, calibrate on a held-out part of it.
+
+        Both modes get the same fitted and calibrated expert (faithful rendering ignores the
+        calibration), so runs share it: in memory within a process, on disk under the cache folder
+        (`cache_dir`, else `<run_dir>/experts`).
+        """
+        from .data import load_rgb
+        from .experts import create_expert, load_expert
+
+        key = (self._expert_name, repr(sorted(self.expert_options.items())), self.holdout, str(root.resolve()), dataset, category)
+        with _FITTED_GUARD:
+            lock = _FITTED_LOCKS.setdefault(key, threading.Lock())
+        with lock:
+            cache_root = self.cache_dir or (Path(run_dir) / "experts" if run_dir else None)
+            cache = cache_root / _safe(self._expert_source) / dataset / category if cache_root else None
+            cached = cache is not None and (cache / "expert.json").is_file()
+            expert = _FITTED.get(key) or (load_expert(cache) if cached else None)
+            if expert is None or (self.calibrated and getattr(expert, "image_threshold", None) is None):
+                expert, cached = self._fit_new(root / dataset / category / "train" / "good", load_rgb, create_expert), False
+            if cache is not None and not cached and callable(getattr(expert, "save", None)):
+                expert.save(cache)  # a resumed run in a new process loads it instead of refitting
+            _FITTED[key] = expert
+            return expert
+
+    def _fit_new(self, folder: Path, load_rgb, create_expert):
+        files = sorted(f for f in folder.iterdir() if f.suffix.lower() in _IMAGE_SUFFIXES) if folder.is_dir() else []
+        expert = create_expert(self._expert_name, **self.expert_options)
+        needs_fit = not (getattr(expert, "needs_mask", False) or getattr(expert, "needs_templates", False))
+        n_cal = max(1, round(len(files) * self.holdout)) if len(files) >= 2 else 0
+        fit_files, cal_files = files[: len(files) - n_cal], files[len(files) - n_cal :]
+        if (needs_fit and not fit_files) or (self.calibrated and not cal_files):
+            need = "at least 2, to fit and calibrate" if self.calibrated else "at least 1"
+            raise MmadError(f"{folder}: expert {self._expert_name} needs normal training images here ({need}); add them or pass a fitted expert folder")
+        if needs_fit:
+            expert.fit([load_rgb(f) for f in fit_files])
+        if cal_files:
+            expert.calibrate([load_rgb(f) for f in cal_files])
+        return expert
+
+    # -- CLI -------------------------------------------------------------------
+    @classmethod
+    def from_cli(cls, base: Any, args) -> "BoostedModel":
+        """The eval flags --rag --knowledge --mmad-knowledge --retrieval --expert --viz --calibrated."""
+        knowledge = getattr(args, "knowledge", None)
+        mmad_knowledge = getattr(args, "mmad_knowledge", None)
+        rag = bool(getattr(args, "rag", False) or knowledge or mmad_knowledge)
+        if getattr(args, "retrieval", None) and not rag:
+            raise MmadError("--retrieval needs --rag")
+        if getattr(args, "calibrated", False) and not getattr(args, "expert", None):
+            raise MmadError("--calibrated needs --expert NAME")
+        return cls(
+            base,
+            rag=rag,
+            retrieval=getattr(args, "retrieval", None),
+            expert=getattr(args, "expert", None),
+            visualization=getattr(args, "viz", None) or "bbox",
+            calibrated=bool(getattr(args, "calibrated", False)),
+            knowledge=knowledge,
+            mmad_knowledge=mmad_knowledge,
+        )
+
+
+def _make_retriever(rag: Any, knowledge, mmad_knowledge) -> tuple[Any, str | None]:
+    if mmad_knowledge:
+        path = Path(mmad_knowledge)
+        if not path.is_file():
+            raise MmadError(f"{path}: MMAD knowledge file not found; pass the path of MMAD's domain_knowledge.json")
+        from .retrieval import KnowledgeRetriever
+
+        return KnowledgeRetriever.from_mmad_file(path), f"mmad:{path}"
+    if knowledge and rag in (False, None, True):
+        rag = knowledge
+    if rag is False or rag is None:
+        return None, None
+    if rag is True:
+        from .retrieval import KnowledgeRetriever
+
+        return KnowledgeRetriever.default(), "default"
+    if isinstance(rag, (str, os.PathLike)):
+        path = Path(rag)
+        if not path.exists():
+            raise MmadError(f"{path}: knowledge base not found; pass a folder built by `mmad-boost kb build`, a knowledge folder/file, or rag=True")
+        from .retrieval import KnowledgeRetriever
+
+        return KnowledgeRetriever.load(path), str(path)
+    if callable(getattr(rag, "retrieve", None)):
+        return rag, f"object:{type(rag).__name__}"
+    raise MmadError(f"rag={rag!r}: use True, a knowledge path, a retriever object, or 'oracle'/'image'")
+
+
+def _resolve_expert(expert: Any) -> tuple[Any, str | None, str | None]:
+    """(fixed expert object or None, factory name or None, identity string)."""
+    if expert is None or expert is False or expert == "":
+        return None, None, None
+    if _per_category_folder(expert) is not None:
+        return None, None, f"folder:{expert}"
+    if isinstance(expert, (str, os.PathLike)):
+        path = Path(expert)
+        if path.is_dir():
+            from .experts import load_expert
+
+            return load_expert(path), None, f"folder:{path}"
+        name = str(expert)
+        if any(sep in name for sep in ("/", "\\")):
+            raise MmadError(f"expert folder {name} not found; fit one with `mmad-boost expert fit` or give an expert name")
+        return None, name, name
+    if callable(getattr(expert, "predict", None)):
+        return expert, None, getattr(expert, "name", None) or type(expert).__name__
+    raise MmadError(f"expert={expert!r}: use a name (patchcore, gt, anomalyclip, anomalib:<Model>), an expert object or a fitted expert folder")
+
+
+def _per_category_folder(expert: Any) -> Path | None:
+    """A folder of fitted experts, one per DATASET/CATEGORY subfolder."""
+    if not isinstance(expert, (str, os.PathLike)):
+        return None
+    path = Path(expert)
+    if path.is_dir() and not (path / "expert.json").is_file() and any(path.glob("*/*/expert.json")):
+        return path
+    return None
+
+
+def _num(v) -> float | None:
+    return None if v is None else round(float(v), 6)
+
+
+def _safe(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)

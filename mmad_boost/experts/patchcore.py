@@ -1,0 +1,257 @@
+"""PatchCore (Roth et al., CVPR 2022), written for this project.
+
+Mid-level backbone features (strides 8 and 16), each averaged over its 3x3 neighbourhood (zero
+padding counted, as the reference implementation: it matters for border patches), the
+coarser one upsampled and concatenated; a memory bank of normal patch features reduced by greedy
+coreset subsampling (on a random projection, as in the paper); FAISS exact nearest-neighbour
+search. Patch score = distance to the nearest bank entry; image score = the largest patch score (on
+the map's scale, so calibration thresholds agree; reweight=True: paper eq. 7 density damping);
+map = patch scores upsampled bilinearly and Gaussian-smoothed (sigma 4 px at the working size),
+then resized to the image. Optional foreground filter as MMAD did (protocol §7).
+
+Modes: `full` fits once on all normal images of a category; `few-shot` (MMAD's set-up) fits per
+query on the template images given to `predict` (no coreset: the bank is small).
+"""
+from __future__ import annotations
+
+import threading
+import warnings
+
+import numpy as np
+from PIL import Image
+
+from ..errors import MmadError
+from .backbones import DEFAULT_BACKBONE, load_backbone, parse_spec
+from .base import Expert, image_hash
+
+_BACKBONES: dict[str, tuple] = {}
+_LOCK = threading.Lock()
+
+
+def _embedder(model):
+    """backbone -> 3x3-averaged stride-8 map with the stride-16 map upsampled and concatenated."""
+    import torch
+    import torch.nn.functional as F
+
+    class Embedder(torch.nn.Module):
+        def __init__(self, backbone):
+            super().__init__()
+            self.backbone = backbone
+
+        def forward(self, x):
+            maps = [F.avg_pool2d(f, 3, stride=1, padding=1) for f in self.backbone(x)]
+            ref = maps[0].shape[-2:]
+            up = [F.interpolate(f, size=ref, mode="bilinear", align_corners=False) for f in maps[1:]]
+            return torch.cat([maps[0]] + up, 1)
+
+    return Embedder(model).eval()
+
+
+class FastFeatures:
+    """The backbone, with single-image calls run by a frozen TorchScript trace per input size
+    (BatchNorm folded, oneDNN fusions: about 2x faster on CPU); batches use the eager model."""
+
+    def __init__(self, model):
+        self.model, self._traced, self._lock = model, {}, threading.Lock()
+
+    def __call__(self, x):
+        import torch
+
+        if x.shape[0] != 1:
+            return self.model(x)
+        key = tuple(x.shape)
+        with self._lock:
+            fn = self._traced.get(key)
+            if fn is None:
+                try:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")  # trace warnings about shape constants: we trace per shape
+                        fn = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(self.model, x, strict=False)))
+                except Exception:  # an architecture that cannot be traced still works eagerly
+                    fn = self.model
+                self._traced[key] = fn
+        return fn(x)
+
+
+def shared_backbone(spec: str):
+    """One loaded backbone per spec per process (loading takes seconds)."""
+    with _LOCK:
+        if spec not in _BACKBONES:
+            model, mean, std = load_backbone(spec)
+            _BACKBONES[spec] = (FastFeatures(_embedder(model)), mean, std)
+        return _BACKBONES[spec]
+
+
+def greedy_coreset(features: np.ndarray, n: int, *, seed: int = 0, proj_dim: int = 128) -> np.ndarray:
+    """Indices of `n` rows chosen by greedy k-center selection (distances on a random projection)."""
+    import torch
+
+    x = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
+    if n >= len(x):
+        return np.arange(len(x))
+    g = torch.Generator().manual_seed(seed)
+    if x.shape[1] > proj_dim:  # Johnson-Lindenstrauss projection keeps distances roughly, much cheaper
+        x = x @ (torch.randn(x.shape[1], proj_dim, generator=g) / proj_dim**0.5)
+    start = int(torch.randint(len(x), (1,), generator=g))
+    chosen = [start]
+    dmin = torch.linalg.vector_norm(x - x[start], dim=1)
+    for _ in range(n - 1):
+        i = int(torch.argmax(dmin))
+        chosen.append(i)
+        dmin = torch.minimum(dmin, torch.linalg.vector_norm(x - x[i], dim=1))
+    return np.array(chosen)
+
+
+def foreground_mask(image: Image.Image, work: int = 256) -> np.ndarray | None:
+    """MMAD's filter: GrabCut from a rectangle 1 % inside the border; None when under 5 % is found."""
+    import cv2
+
+    w, h = image.size
+    s = min(1.0, work / max(w, h))
+    small = np.asarray(image.convert("RGB").resize((max(8, round(w * s)), max(8, round(h * s)))))[:, :, ::-1].copy()
+    sh, sw = small.shape[:2]
+    mx, my = max(1, round(sw * 0.01)), max(1, round(sh * 0.01))
+    mask = np.zeros((sh, sw), np.uint8)
+    bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+    cv2.setRNGSeed(0)
+    cv2.grabCut(small, mask, (mx, my, sw - 2 * mx, sh - 2 * my), bgd, fgd, 5, cv2.GC_INIT_WITH_RECT)
+    fg = (mask == cv2.GC_FGD) | (mask == cv2.GC_PR_FGD)
+    if fg.mean() < 0.05:
+        return None
+    return cv2.resize(fg.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST).astype(bool)
+
+
+class PatchCore(Expert):
+    name = kind = "patchcore"
+    resample = "bilinear"
+
+    def __init__(self, backbone: str = DEFAULT_BACKBONE, mode: str = "full", size: int = 256, coreset_ratio: float = 0.1,
+                 sigma: float = 4.0, foreground: bool = False, seed: int = 0, batch: int = 8, reweight: bool = False):
+        super().__init__()
+        if mode not in ("full", "few-shot"):
+            raise MmadError(f"patchcore mode {mode!r}: use full or few-shot")
+        if not 0 < float(coreset_ratio) <= 1:
+            raise MmadError(f"patchcore coreset_ratio {coreset_ratio}: use a fraction in (0, 1]")
+        self.backbone, self.mode, self.size = backbone or DEFAULT_BACKBONE, mode, int(size)
+        parse_spec(self.backbone)  # a missing weights file fails here, before any heavy import
+        self.coreset_ratio, self.sigma, self.foreground = float(coreset_ratio), float(sigma), _as_bool(foreground)
+        self.seed, self.batch, self.reweight = int(seed), int(batch), _as_bool(reweight)
+        self.needs_templates = mode == "few-shot"
+        self.name = "patchcore" if mode == "full" else "patchcore-fewshot"
+        self.bank: np.ndarray | None = None
+        self._index = None
+        self._few = (None, None, None)  # (templates hash, bank, index) of the last few-shot fit
+        self._few_lock = threading.Lock()
+
+    def config(self) -> dict:
+        return {"backbone": self.backbone, "mode": self.mode, "size": self.size, "coreset_ratio": self.coreset_ratio,
+                "sigma": self.sigma, "foreground": self.foreground, "seed": self.seed, "reweight": self.reweight}
+
+    # -- features ------------------------------------------------------------------
+    def features(self, images: list[Image.Image]) -> np.ndarray:
+        """Patch features, shape (N, h, w, C)."""
+        import torch
+
+        embed, mean, std = shared_backbone(self.backbone)
+        mean_t, std_t = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+        out = []
+        for i in range(0, len(images), self.batch):
+            arr = np.stack([np.asarray(im.convert("RGB").resize((self.size, self.size), Image.BILINEAR)) for im in images[i:i + self.batch]])
+            x = (torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 255 - mean_t) / std_t
+            with torch.inference_mode():
+                out.append(embed(x).permute(0, 2, 3, 1).numpy())
+        return np.concatenate(out)
+
+    @staticmethod
+    def _index_of(bank: np.ndarray):
+        import faiss
+
+        index = faiss.IndexFlatL2(bank.shape[1])
+        index.add(np.ascontiguousarray(bank, dtype=np.float32))
+        return index
+
+    def _build_bank(self, images: list[Image.Image], subsample: bool) -> np.ndarray:
+        if not images:
+            raise MmadError(f"expert {self.name}: fit needs at least one normal image")
+        feats = self.features(images)
+        flat = feats.reshape(-1, feats.shape[-1])
+        if subsample and self.coreset_ratio < 1:
+            flat = flat[greedy_coreset(flat, max(1, int(len(flat) * self.coreset_ratio)), seed=self.seed)]
+        # stored as float16; use the rounded values in memory too so a reloaded expert scores identically
+        return flat.astype(np.float16).astype(np.float32)
+
+    # -- protocol -------------------------------------------------------------------
+    def fit(self, images: list[Image.Image]) -> "PatchCore":
+        if self.mode == "few-shot":
+            return self  # fits per query on its templates
+        self.bank = self._build_bank(list(images), subsample=True)
+        self._index = self._index_of(self.bank)
+        self.fitted = True
+        return self
+
+    def _few_shot_index(self, templates):
+        if not templates:
+            raise MmadError("patchcore few-shot: predict needs the query's template images (templates=[...])")
+        key = "".join(image_hash(t) for t in templates)
+        with self._few_lock:
+            if self._few[0] == key:
+                return self._few[2]
+        bank = self._build_bank(list(templates), subsample=False)
+        index = self._index_of(bank)
+        with self._few_lock:
+            self._few = (key, bank, index)
+        return index
+
+    def _predict_map(self, image, mask, templates):
+        import cv2
+
+        index = self._few_shot_index(templates) if self.mode == "few-shot" else self._index
+        if index is None:
+            raise MmadError(f"expert {self.name}: predict called before fit; call fit(normal_images) or load a fitted expert folder")
+        feats = self.features([image])[0]
+        h, w, c = feats.shape
+        flat = np.ascontiguousarray(feats.reshape(-1, c))
+        dist, nn = index.search(flat, 1)
+        patch = np.sqrt(np.maximum(dist[:, 0], 0)).reshape(h, w).astype(np.float32)
+        score = self._reweighted(index, flat, patch.ravel(), nn[:, 0]) if self.reweight else float(patch.max())
+        amap = cv2.resize(patch, (self.size, self.size), interpolation=cv2.INTER_LINEAR)
+        if self.sigma > 0:
+            k = 2 * int(4 * self.sigma + 0.5) + 1
+            amap = cv2.GaussianBlur(amap, (k, k), self.sigma)
+        W, H = image.size
+        amap = cv2.resize(amap, (W, H), interpolation=cv2.INTER_LINEAR)
+        if self.foreground:
+            fg = foreground_mask(image)
+            if fg is not None:
+                amap = np.where(fg, amap, 0).astype(np.float32)
+        return amap, score
+
+    def _reweighted(self, index, flat, scores, nn) -> float:
+        """PatchCore's image score: the largest patch distance, damped when its nearest memory
+        entry sits in a dense region (paper eq. 7, k = 9), which steadies normal images' scores."""
+        i = int(np.argmax(scores))
+        k = min(9, index.ntotal)
+        _, support = index.search(np.ascontiguousarray(index.reconstruct(int(nn[i]))[None]), k)
+        bank = np.stack([index.reconstruct(int(j)) for j in support[0]])
+        d = np.linalg.norm(bank - flat[i], axis=1)
+        d = d - d.max()  # stable softmax
+        weight = 1.0 - float(np.exp(d[0]) / np.exp(d).sum())
+        return float(weight * scores[i])
+
+    def calibrate(self, normal_images, *, margin: float = 1.0, templates=None) -> "PatchCore":
+        return super().calibrate(normal_images, margin=margin, templates=templates)
+
+    # -- persistence -----------------------------------------------------------------
+    def _state(self) -> dict[str, np.ndarray]:
+        return {} if self.bank is None else {"memory_bank": self.bank.astype(np.float16)}
+
+    def _load_state(self, arrays) -> None:
+        if "memory_bank" in arrays:
+            self.bank = arrays["memory_bank"].astype(np.float32)
+            self._index = self._index_of(self.bank)
+
+
+def _as_bool(v) -> bool:
+    if isinstance(v, str):
+        return v.strip().lower() in ("1", "true", "yes", "on")
+    return bool(v)

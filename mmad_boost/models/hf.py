@@ -1,0 +1,200 @@
+"""`hf:<path>`: a transformers vision-language model (Qwen2-VL/2.5-VL, LLaVA-OneVision style).
+
+The prompt goes through the processor's own chat template as one user turn whose content
+interleaves {"type": "image"} and {"type": "text"} items in prompt order; decoding is greedy and
+only the new tokens are returned (MMAD allowed 128 new tokens for local models).
+"""
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from ..errors import MmadError
+from ..prompt import Prompt
+from .base import MLLM
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"[:300]
+
+
+def resolve_model_dir(path: str) -> Path:
+    """A local folder, or a hub id already in the local Hugging Face cache (never downloads)."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        return p
+    looks_like_hub_id = path.count("/") == 1 and not path.startswith((".", "/", "~"))
+    if looks_like_hub_id:
+        try:
+            from huggingface_hub import snapshot_download
+
+            return Path(snapshot_download(path, local_files_only=True))
+        except Exception:
+            raise MmadError(
+                f"hf:{path}: not a local folder and not in the local Hugging Face cache; download it first "
+                f"(huggingface-cli download {path} --local-dir DIR) and use hf:DIR"
+            ) from None
+    raise MmadError(f"hf:{path}: model folder {p} not found; give a folder saved with save_pretrained (config.json, weights, processor files)")
+
+
+def check_model_dir(d: Path) -> None:
+    """Fail fast, naming the missing file, before transformers tries (and offline, fails slowly)."""
+    if not (d / "config.json").is_file():
+        raise MmadError(f"hf: {d / 'config.json'} not found; the folder must hold a transformers model (save_pretrained output)")
+    found = [f for f in WEIGHT_FILES if (d / f).is_file()]
+    if not found:
+        raise MmadError(f"hf: no weights in {d} (expected {' or '.join(WEIGHT_FILES[:2])}); copy the model weights into that folder")
+    if found[0].endswith(".index.json"):
+        shards = sorted(set(json.loads((d / found[0]).read_text()).get("weight_map", {}).values()))
+        missing = [s for s in shards if not (d / s).is_file()]
+        if missing:
+            raise MmadError(f"hf: weight shard {d / missing[0]} not found ({len(missing)} of {len(shards)} missing); copy all shards listed in {found[0]}")
+    if not any((d / f).is_file() for f in PROCESSOR_FILES):
+        raise MmadError(f"hf: {d / PROCESSOR_FILES[0]} (or {PROCESSOR_FILES[1]}) not found; save the model's processor into the same folder")
+
+
+class HFVisionModel(MLLM):
+    def __init__(
+        self,
+        path: str,
+        *,
+        max_new_tokens: int = 128,
+        dtype: str = "auto",
+        device: str = "cpu",
+        max_side: int | None = None,
+        system: str | None = None,
+        trust_remote_code: bool = False,
+    ):
+        if not path:
+            raise MmadError("hf:<path>: give the model folder, e.g. hf:/models/Qwen2-VL-2B-Instruct")
+        if dtype not in DTYPES:
+            raise MmadError(f"hf dtype {dtype!r}: use one of {', '.join(DTYPES)}")
+        if device not in ("cpu", "cuda", "auto") and not device.startswith("cuda:"):
+            raise MmadError(f"hf device {device!r}: use cpu, cuda, cuda:N or auto")
+        self.path = path
+        self.name = f"hf:{path}"
+        self.max_new_tokens = int(max_new_tokens)
+        self.dtype_name = dtype
+        self.max_side = int(max_side) if max_side else None
+        self.system = system
+        self._lock = threading.Lock()  # one generate at a time: the model and its caches are shared
+        model_dir = resolve_model_dir(path)
+        check_model_dir(model_dir)
+        self.model_dir = model_dir
+
+        import torch
+        import transformers
+
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise MmadError(f"hf device {device!r}: no CUDA device is available here; use device=cpu")
+        self.device = device
+        kw: dict[str, Any] = {"trust_remote_code": bool(trust_remote_code)}
+        try:
+            self.processor = transformers.AutoProcessor.from_pretrained(str(model_dir), **kw)
+        except Exception as e:
+            raise MmadError(f"hf: cannot load the processor from {model_dir}: {_first_line(e)}") from None
+        if not getattr(self.processor, "chat_template", None):
+            raise MmadError(f"hf: the processor in {model_dir} has no chat template (chat_template.jinja); save one with the processor")
+        torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
+        auto_classes = [getattr(transformers, n) for n in ("AutoModelForImageTextToText", "AutoModelForVision2Seq") if hasattr(transformers, n)]
+        errors = []
+        for cls in auto_classes:
+            try:
+                self.model = cls.from_pretrained(str(model_dir), dtype=torch_dtype, **kw)
+                break
+            except ValueError as e:  # this auto class does not know the architecture
+                errors.append(_first_line(e))
+            except Exception as e:
+                raise MmadError(f"hf: cannot load the model from {model_dir}: {_first_line(e)}") from None
+        else:
+            raise MmadError(f"hf: {model_dir} is not an image-text-to-text model transformers knows: {errors[-1] if errors else ''}")
+        self.model.to(device).eval()
+        self.architecture = (getattr(self.model.config, "architectures", None) or [type(self.model).__name__])[0]
+
+    def config(self) -> dict:
+        return {
+            "name": self.name,
+            "path": str(self.model_dir),
+            "architecture": self.architecture,
+            "max_new_tokens": self.max_new_tokens,
+            "dtype": self.dtype_name,
+            "max_side": self.max_side,
+            "system": self.system,
+            "decoding": "greedy",
+        }
+
+    def messages(self, prompt: Prompt) -> tuple[list[dict], list[Image.Image]]:
+        content: list[dict] = []
+        images: list[Image.Image] = []
+        for part in prompt.parts:
+            if isinstance(part, str):
+                if part:
+                    content.append({"type": "text", "text": part})
+            else:
+                content.append({"type": "image"})
+                images.append(self._resize(part.convert("RGB")))
+        messages = []
+        system = prompt.system if prompt.system is not None else self.system
+        if system:
+            messages.append({"role": "system", "content": [{"type": "text", "text": system}]})
+        messages.append({"role": "user", "content": content})
+        return messages, images
+
+    def _resize(self, im: Image.Image) -> Image.Image:
+        if self.max_side and max(im.size) > self.max_side:
+            s = self.max_side / max(im.size)
+            im = im.resize((max(1, round(im.width * s)), max(1, round(im.height * s))), Image.Resampling.BICUBIC)
+        return im
+
+    def generate(self, prompt: Prompt) -> str:
+        import torch
+
+        messages, images = self.messages(prompt)
+        text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        inputs = self.processor(text=[text], images=images or None, return_tensors="pt")
+        inputs = inputs.to(self.model.device, dtype=self.model.dtype)
+        n_in = inputs["input_ids"].shape[1]
+        with self._lock, torch.inference_mode():
+            out = self.model.generate(
+                **inputs, max_new_tokens=self.max_new_tokens, do_sample=False, num_beams=1, temperature=None, top_p=None, top_k=None
+            )
+        return self.processor.batch_decode(out[:, n_in:], skip_special_tokens=True)[0].strip()
+
+    def close(self) -> None:
+        self.model = None
+
+
+def _bool(v: Any) -> bool:
+    if isinstance(v, bool):
+        return v
+    if str(v).lower() in ("1", "true", "yes", "on"):
+        return True
+    if str(v).lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(v)
+
+
+_FIELDS = {"max_new_tokens": int, "dtype": str, "device": str, "max_side": int, "system": str, "trust_remote_code": _bool}
+
+
+def create(rest: str, **options: Any) -> HFVisionModel:
+    kwargs = {}
+    for k, v in options.items():
+        if k not in _FIELDS:
+            raise MmadError(f"hf model option {k!r} is unknown; known: {', '.join(_FIELDS)}")
+        try:
+            kwargs[k] = _FIELDS[k](v)
+        except (TypeError, ValueError):
+            raise MmadError(f"hf model option {k}={v!r} is not valid") from None
+    return HFVisionModel(rest, **kwargs)

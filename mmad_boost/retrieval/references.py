@@ -1,0 +1,92 @@
+"""Where reference images come from (MMAD-layout roots, the bundled VisA sample) and the on-disk
+cache of the default retriever's reference index."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from ..errors import MmadError
+from .knowledge import knowledge_dataset
+from .store import VectorStore
+
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = PACKAGE_ROOT.parent
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+DEFAULT_REFS = 5
+
+
+def bundled_references(visa_root: Path, fallback: Path | None = None) -> dict[str, list[Path]]:
+    """Normal images of the bundled VisA sample for the train split (VisA's split_csv), per category."""
+    root = visa_root if visa_root.is_dir() else (fallback or REPO_ROOT.parent / "shared" / "data" / "visa")
+    out: dict[str, list[Path]] = {}
+    split = root / "split_csv" / "1cls_subset.csv"
+    if split.is_file():
+        import csv
+
+        with open(split, newline="") as f:
+            for row in csv.DictReader(f):
+                if row.get("split") == "train" and row.get("label") == "normal" and (root / row["image"]).is_file():
+                    out.setdefault(row["object"], []).append(root / row["image"])
+    else:
+        for d in sorted(root.glob("*/Data/Images/Normal")):
+            out[d.parents[2].name] = sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    return {k: sorted(v)[:DEFAULT_REFS] for k, v in out.items()}
+
+
+def mmad_layout_references(root: str | Path, n: int) -> dict[tuple[str, str], dict[str, list[Path]]]:
+    """{(dataset folder, knowledge dataset): {category: first n images of <ds>/<cat>/train/good}}."""
+    root = Path(root)
+    if not root.is_dir():
+        raise MmadError(f"{root}: data root not found; pass the folder holding <Dataset>/<category>/train/good")
+    out: dict = {}
+    for good in sorted(root.glob("*/*/train/good")):
+        ds, cat = good.parents[2].name, good.parents[1].name
+        imgs = sorted(p for p in good.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[: n or None]
+        if imgs:
+            out.setdefault((ds, knowledge_dataset(ds)), {})[cat] = imgs
+    if not out:
+        raise MmadError(f"{root}: no <Dataset>/<category>/train/good folders with images; point --data at an MMAD-layout root")
+    return out
+
+
+# -- cache of the default retriever's index ----------------------------------------------------------
+def _cache_dir() -> Path | None:
+    v = os.environ.get("MMAD_BOOST_CACHE_DIR")
+    if v == "0":
+        return None
+    base = Path(v) if v else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mmad-boost"
+    return base / "reference-index"
+
+
+def _cache_key(r, cats) -> str | None:
+    if r.source != "default":  # only the default retriever is cached on disk; KB folders are already stores
+        return None
+    enc = r.image_encoder
+    h = hashlib.sha256(json.dumps(enc.identity, sort_keys=True).encode())
+    for c in cats:
+        for p in c.references:
+            st = Path(p).stat()
+            h.update(f"{c.key}|{p}|{st.st_size}|{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:24]
+
+
+def disk_cache_load(r, cats) -> VectorStore | None:
+    d, key = _cache_dir(), _cache_key(r, cats)
+    if d is None or key is None or not (d / key / "image.json").is_file():
+        return None
+    try:
+        return VectorStore.load(d / key, "image", r.image_encoder.identity)
+    except MmadError:
+        return None  # a damaged cache is rebuilt, never fatal
+
+
+def disk_cache_save(r, cats, store) -> None:
+    d, key = _cache_dir(), _cache_key(r, cats)
+    if d is None or key is None:
+        return
+    try:
+        store.save(d / key, "image")
+    except OSError:
+        pass  # read-only home: work without the cache

@@ -1,0 +1,411 @@
+"""KnowledgeRetriever: finds a query's category (given, by image, or by text) and its knowledge text.
+
+Modes (`retrieve(mode=...)`):
+- `oracle`: the category is given (MMAD's behaviour); all its entries go into the prompt.
+- `image`: the k nearest reference images vote for a category; below `threshold` -> unknown (None).
+- `text`: the knowledge chunks most similar to the question (and options) text.
+- `image+text`: the category by image, then that category's chunks ranked by the question.
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ..errors import MmadError
+from .encoders import DEFAULT_IMAGE_ENCODER, DEFAULT_TEXT_ENCODER, Encoder, create_encoder
+from .knowledge import DEFAULT_BUDGET, CategoryKnowledge, KnowledgeSet, import_mmad_knowledge, knowledge_dataset, load_knowledge
+from .references import DEFAULT_REFS, IMAGE_SUFFIXES, PACKAGE_ROOT, REPO_ROOT, bundled_references, disk_cache_load, disk_cache_save, mmad_layout_references
+from .store import VectorStore, describe, same_encoder
+
+__all__ = ["KnowledgeRetriever", "Retrieval", "MODES", "DEFAULT_THRESHOLD", "IMAGE_SUFFIXES", "REPO_ROOT", "mmad_layout_references"]
+
+MODES = ("oracle", "image", "text", "image+text")
+# Cosine similarity below which an image is "unknown category". EfficientNet-Lite0 on VisA fryum /
+# capsules: own category >= 0.89, the other category <= 0.38, natural photos <= 0.24 (docs/knowledge.md).
+DEFAULT_THRESHOLD = 0.5
+DEFAULT_K = 5
+KB_FORMAT = 1
+
+
+@dataclass
+class Retrieval:
+    mode: str
+    category: str | None  # None = unknown
+    dataset: str | None = None
+    score: float | None = None
+    runner_up: str | None = None
+    runner_up_score: float | None = None
+    text: str = ""  # knowledge for the prompt; "" when the category is unknown
+    chunks: list[dict] = field(default_factory=list)  # {dataset, category, entry, kind, text, score}
+    encode_ms: float = 0.0
+    search_ms: float = 0.0
+
+
+def _chunk(c: CategoryKnowledge, e, score: float | None = None) -> dict:
+    return {"dataset": c.dataset, "category": c.category, "entry": e.name, "kind": e.kind, "text": c.entry_text(e), "score": score}
+
+
+def _open_image(image) -> Image.Image:
+    if isinstance(image, Image.Image):
+        return image
+    p = Path(image)
+    try:
+        with Image.open(p) as im:
+            return im.convert("RGB")
+    except FileNotFoundError:
+        raise MmadError(f"{p}: image not found") from None
+    except OSError as e:
+        raise MmadError(f"{p}: not a readable image ({e})") from None
+
+
+def _thumb(path: Path, size: int = 320) -> Image.Image:
+    im = _open_image(path)
+    im.thumbnail((size, size))  # the encoders work at <= 224 px; smaller decodes are faster
+    return im
+
+
+class KnowledgeRetriever:
+    def __init__(
+        self,
+        knowledge: KnowledgeSet,
+        *,
+        image_encoder: str | Encoder | None = DEFAULT_IMAGE_ENCODER,
+        text_encoder: str | Encoder | None = None,  # None: the image encoder if CLIP-style, else MiniLM
+        image_store: VectorStore | None = None,
+        text_store: VectorStore | None = None,
+        k: int = DEFAULT_K,
+        threshold: float = DEFAULT_THRESHOLD,
+        budget: int | None = None,
+        top_k_chunks: int | None = None,
+        store_kind: str = "flat",
+        source: str = "",
+    ):
+        self.knowledge = knowledge
+        self._image_encoder_spec = image_encoder
+        self._text_encoder_spec = text_encoder
+        self.image_store = image_store
+        self.text_store = text_store
+        self.k = k
+        self.threshold = threshold
+        self.budget = budget  # None: MMAD's text whole (as MMAD), our format within DEFAULT_BUDGET
+        self.top_k_chunks = top_k_chunks
+        self.store_kind = store_kind
+        self.source = source
+        self._lock = threading.RLock()  # runner threads may ask for the lazily built stores at once
+
+    def __getstate__(self):  # Ray ships models with cloudpickle: locks cannot travel
+        state = dict(self.__dict__)
+        state.pop("_lock", None)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
+
+    # -- construction -------------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, path: str | Path, **kw) -> "KnowledgeRetriever":
+        """A KB folder written by `kb build`/`save`, or a knowledge folder, .toml file or MMAD .json file."""
+        p = Path(path)
+        if p.is_dir() and (p / "kb.json").is_file():
+            return cls._load_kb(p, **kw)
+        return cls(load_knowledge(p), source=str(p), **kw)
+
+    @classmethod
+    def from_mmad_file(cls, path: str | Path, **kw) -> "KnowledgeRetriever":
+        return cls(import_mmad_knowledge(path), source=f"mmad:{path}", **kw)
+
+    @classmethod
+    def default(cls) -> "KnowledgeRetriever":
+        """The shipped knowledge_base/ with the bundled sample's normal images as image references."""
+        with _DEFAULT_LOCK:
+            return cls._default_locked()
+
+    @classmethod
+    def _default_locked(cls) -> "KnowledgeRetriever":
+        global _DEFAULT
+        if _DEFAULT is None:
+            kb_dir = REPO_ROOT / "knowledge_base"
+            if not kb_dir.is_dir():
+                raise MmadError(f"{kb_dir}: the shipped knowledge base is missing; pass a knowledge folder (--knowledge) instead")
+            knowledge = load_knowledge(kb_dir)
+            refs = bundled_references(PACKAGE_ROOT / "sample" / "visa")
+            for c in knowledge:
+                if not c.references and c.dataset == "VisA" and c.category in refs:
+                    c.references = refs[c.category]
+            _DEFAULT = cls(knowledge, source="default")
+        return _DEFAULT
+
+    @classmethod
+    def build(cls, knowledge: KnowledgeSet, data_root: str | Path | None = None, *, refs_per_category: int = DEFAULT_REFS,
+              image_encoder: str = DEFAULT_IMAGE_ENCODER, text: bool = False, **kw) -> "KnowledgeRetriever":
+        """Encode reference images now: from each category's `train/good` under an MMAD-layout root, or the
+        references its knowledge file lists. `text=True` also encodes the knowledge chunks."""
+        if data_root is not None:
+            found = mmad_layout_references(data_root, refs_per_category)
+            for c in knowledge:
+                for (_, kds), cats in found.items():
+                    if kds == c.dataset and c.category in cats:
+                        c.references = cats[c.category]
+                        break
+        r = cls(knowledge, image_encoder=image_encoder, **kw)
+        r._ensure_image_store(refs_per_category)
+        if text:
+            r._ensure_text_store()
+        return r
+
+    # -- encoders and stores --------------------------------------------------------------------------------
+    @property
+    def image_encoder(self) -> Encoder:
+        if not isinstance(self._image_encoder_spec, Encoder):
+            if self._image_encoder_spec is None:
+                raise MmadError("image retrieval needs an image encoder; pass image_encoder='efficientnet-lite0'")
+            self._image_encoder_spec = create_encoder(self._image_encoder_spec)
+        return self._image_encoder_spec
+
+    @property
+    def text_encoder(self) -> Encoder:
+        if not isinstance(self._text_encoder_spec, Encoder):
+            spec = self._text_encoder_spec
+            img = self._image_encoder_spec
+            if spec is None:  # a CLIP-style image encoder embeds text in the same space
+                clip = (isinstance(img, str) and img.startswith("open_clip:")) or "text" in getattr(img, "modalities", ())
+                spec = self.image_encoder if clip else DEFAULT_TEXT_ENCODER
+            self._text_encoder_spec = spec if isinstance(spec, Encoder) else create_encoder(spec)
+        return self._text_encoder_spec
+
+    def _ensure_image_store(self, refs_per_category: int | None = None) -> VectorStore:
+        if self.image_store is not None:
+            return self.image_store
+        with self._lock:
+            if self.image_store is None:
+                self._build_image_store(refs_per_category)
+        return self.image_store
+
+    def _build_image_store(self, refs_per_category: int | None) -> None:
+        cats = [c for c in self.knowledge if c.references]
+        if not cats:
+            raise MmadError(
+                f"{self.source or 'knowledge'}: no reference images, so image retrieval cannot work; "
+                "build a KB with `mmad-boost kb build --data ROOT` or list `references` in the category files"
+            )
+        cached = disk_cache_load(self, cats)
+        if cached is not None:
+            self.image_store = cached
+            return
+        enc = self.image_encoder
+        store = VectorStore(enc.identity, self.store_kind)
+        for c in cats:
+            paths = c.references[:refs_per_category] if refs_per_category else c.references
+            vecs = enc.encode_images([_thumb(p) for p in paths])
+            store.add(vecs, [{"dataset": c.dataset, "category": c.category, "image": str(p)} for p in paths])
+        self.image_store = store
+        disk_cache_save(self, cats, store)
+
+    def _ensure_text_store(self) -> VectorStore:
+        with self._lock:
+            if self.text_store is None:
+                self._build_text_store()
+        return self.text_store
+
+    def _build_text_store(self) -> None:
+        if self.text_store is None:
+            enc = self.text_encoder
+            chunks = [_chunk(c, e) for c in self.knowledge for e in c.entries]
+            store = VectorStore(enc.identity, self.store_kind)
+            store.add(enc.encode_texts([ch["text"] for ch in chunks]), [{k: ch[k] for k in ("dataset", "category", "entry", "kind")} for ch in chunks])
+            self.text_store = store
+
+    # -- retrieval ----------------------------------------------------------------------------------------------
+    def retrieve(self, *, mode: str = "oracle", image=None, dataset: str | None = None, category: str | None = None,
+                 question: str | None = None, top_k: int | None = None) -> Retrieval:
+        """`top_k`: chunks kept by text ranking (default: the retriever's top_k_chunks, else 5)."""
+        if mode not in MODES:
+            raise MmadError(f"retrieval mode {mode!r}: use one of {', '.join(MODES)}")
+        if mode == "oracle":
+            return self._oracle(dataset, category, question, top_k)
+        if mode == "text":
+            if not question:
+                raise MmadError("text retrieval needs question text; pass question=...")
+            return self._text(question, dataset, category, top_k)
+        if image is None:
+            raise MmadError(f"{mode} retrieval needs the query image; pass image=PIL image or path")
+        r = self._image(_open_image(image))
+        if mode == "image+text" and r.category is not None:
+            c = self.knowledge.find(r.category, r.dataset)
+            if question:
+                t = self._text(question, c.dataset, c.category, top_k)
+                r.chunks, r.text, r.encode_ms, r.search_ms = t.chunks, t.text, r.encode_ms + t.encode_ms, r.search_ms + t.search_ms
+            r.mode = mode
+        return r
+
+    def _budget(self, c: CategoryKnowledge) -> int | None:
+        if self.budget is not None:
+            return self.budget
+        return None if c.verbatim else DEFAULT_BUDGET
+
+    def category_knowledge(self, dataset: str | None, category: str) -> CategoryKnowledge:
+        c = self.knowledge.find(category, dataset)
+        if c is None:
+            name = f"{knowledge_dataset(dataset)}/{category}" if dataset else category
+            have = ", ".join(self.knowledge.keys()[:8]) + (" ..." if len(self.knowledge) > 8 else "")
+            raise MmadError(f"category {name}: not in the knowledge base ({have}); add a category file or pass --mmad-knowledge FILE")
+        return c
+
+    def _oracle(self, dataset, category, question, top_k=None) -> Retrieval:
+        if not category:
+            raise MmadError("oracle retrieval needs the category; pass category=... (or use mode='image')")
+        c = self.category_knowledge(dataset, category)
+        if question and (top_k or self.top_k_chunks):
+            t = self._text(question, c.dataset, c.category, top_k)
+            return Retrieval("oracle", c.category, c.dataset, text=t.text, chunks=t.chunks, encode_ms=t.encode_ms, search_ms=t.search_ms)
+        return Retrieval("oracle", c.category, c.dataset, text=c.prompt_text(budget=self._budget(c)), chunks=[_chunk(c, e) for e in c.entries])
+
+    def _image(self, image: Image.Image) -> Retrieval:
+        store = self._ensure_image_store()
+        t0 = time.perf_counter()
+        q = self.image_encoder.encode_images([image])
+        t1 = time.perf_counter()
+        # Look at all rows when the store is small, so a runner-up is always found.
+        n = len(store) if len(store) <= 4096 else max(self.k * 8, 64)
+        scores, ids = store.search(q, n)
+        t2 = time.perf_counter()
+        per_cat: dict[tuple[str, str], list[float]] = {}
+        for s, i in zip(scores[0], ids[0]):
+            if i >= 0:
+                m = store.meta[i]
+                per_cat.setdefault((m["dataset"], m["category"]), []).append(float(s))
+        ranked = rank_votes(per_cat, self.k)
+        r = Retrieval("image", None, None, encode_ms=(t1 - t0) * 1000, search_ms=(t2 - t1) * 1000)
+        if not ranked:
+            return r
+        (best, best_score), runner = ranked[0], (ranked[1] if len(ranked) > 1 else (None, None))
+        r.score = best_score
+        r.runner_up, r.runner_up_score = (runner[0][1], runner[1]) if runner[0] else (None, None)
+        if best_score >= self.threshold:
+            c = self.knowledge.find(best[1], best[0])
+            r.dataset, r.category = best
+            r.text = c.prompt_text(budget=self._budget(c))
+            r.chunks = [_chunk(c, e) for e in c.entries]
+        return r
+
+    def _text(self, question: str, dataset: str | None, category: str | None, top_k: int | None = None) -> Retrieval:
+        store = self._ensure_text_store()
+        t0 = time.perf_counter()
+        q = self.text_encoder.encode_texts([question])
+        t1 = time.perf_counter()
+        scores, ids = store.search(q, len(store))
+        t2 = time.perf_counter()
+        target = self.knowledge.find(category, dataset) if category else None
+        if category and target is None:
+            self.category_knowledge(dataset, category)  # raises the naming error
+        hits = []
+        for s, i in zip(scores[0], ids[0]):
+            if i < 0:
+                continue
+            m = store.meta[i]
+            if target is not None and (m["dataset"], m["category"]) != (target.dataset, target.category):
+                continue
+            hits.append((float(s), m))
+        r = Retrieval("text", None, None, encode_ms=(t1 - t0) * 1000, search_ms=(t2 - t1) * 1000)
+        if not hits:
+            return r
+        top = hits[: top_k or self.top_k_chunks or DEFAULT_K]
+        best = top[0][1]
+        c = self.knowledge.find(best["category"], best["dataset"])
+        r.category, r.dataset, r.score = c.category, c.dataset, top[0][0]
+        other = next(((s, m) for s, m in hits if (m["dataset"], m["category"]) != (c.dataset, c.category)), None)
+        if other:
+            r.runner_up, r.runner_up_score = other[1]["category"], other[0]
+        # The prompt text stays within one category: its normal characteristics plus the chosen entries.
+        same = [(s, m) for s, m in top if (m["dataset"], m["category"]) == (c.dataset, c.category)]
+        by_name = {e.name: e for e in c.entries}
+        entries = [by_name[m["entry"]] for _, m in same]
+        r.text = c.prompt_text(entries, budget=self._budget(c))
+        r.chunks = [_chunk(c, by_name[m["entry"]], s) for s, m in same]
+        return r
+
+    # -- identity and persistence -----------------------------------------------------------------------------
+    def config(self) -> dict:
+        """Identity for run.json; stable across resumes (never depends on what was lazily built yet)."""
+        return {"source": self.source, "categories": len(self.knowledge), "k": self.k, "threshold": self.threshold,
+                "budget": self.budget, "image_encoder": _spec(self._image_encoder_spec)}
+
+    def save(self, directory: str | Path, refs_per_category: int | None = None) -> Path:
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        manifest = {"format": KB_FORMAT, "k": self.k, "threshold": self.threshold, "budget": self.budget,
+                    "top_k_chunks": self.top_k_chunks, "store_kind": self.store_kind, "source": self.source, "stores": {}}
+        has_refs = any(c.references for c in self.knowledge) or self.image_store is not None
+        if has_refs:
+            self._ensure_image_store(refs_per_category).save(d, "image")
+            manifest["stores"]["image"] = {"encoder": _spec(self._image_encoder_spec), "identity": self.image_store.identity}
+        if self.text_store is not None:
+            self.text_store.save(d, "text")
+            manifest["stores"]["text"] = {"encoder": _spec(self._text_encoder_spec), "identity": self.text_store.identity}
+        (d / "knowledge.json").write_text(json.dumps([c.to_json() for c in self.knowledge], indent=1, ensure_ascii=False), encoding="utf-8")
+        (d / "kb.json").write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+        return d
+
+    @classmethod
+    def _load_kb(cls, d: Path, image_encoder: str | Encoder | None = None, text_encoder: str | Encoder | None = None, **kw) -> "KnowledgeRetriever":
+        try:
+            manifest = json.loads((d / "kb.json").read_text(encoding="utf-8"))
+            cats = [CategoryKnowledge.from_json(x) for x in json.loads((d / "knowledge.json").read_text(encoding="utf-8"))]
+        except FileNotFoundError as e:
+            raise MmadError(f"{e.filename}: missing from the KB folder; rebuild it with `mmad-boost kb build`") from None
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise MmadError(f"{d}: damaged KB files ({e}); rebuild it with `mmad-boost kb build`") from None
+        if manifest.get("format") != KB_FORMAT:
+            raise MmadError(f"{d / 'kb.json'}: KB format {manifest.get('format')} is not {KB_FORMAT}; rebuild with `mmad-boost kb build`")
+        stores = {}
+        encoders = {"image": image_encoder, "text": text_encoder}
+        for kind, info in manifest.get("stores", {}).items():
+            asked = encoders[kind]
+            if asked is not None:
+                enc = asked if isinstance(asked, Encoder) else create_encoder(asked)
+                stores[kind] = VectorStore.load(d, kind, enc.identity)
+            else:
+                stores[kind] = VectorStore.load(d, kind)
+                enc = create_encoder(info["encoder"])
+                if not same_encoder(enc.identity, stores[kind].identity):
+                    raise MmadError(f"{d}: the {kind} store was built with {describe(stores[kind].identity)} but "
+                                    f"{info['encoder']} now loads as {describe(enc.identity)}; rebuild with `mmad-boost kb build`")
+            encoders[kind] = enc
+        opts = {k: manifest[k] for k in ("k", "threshold", "budget", "top_k_chunks", "store_kind") if k in manifest}
+        opts.update(kw)
+        return cls(KnowledgeSet(cats), image_encoder=encoders["image"] or DEFAULT_IMAGE_ENCODER, text_encoder=encoders["text"],
+                   image_store=stores.get("image"), text_store=stores.get("text"), source=str(d), **opts)
+
+
+def _spec(enc) -> str | None:
+    if enc is None:
+        return None
+    return (enc.spec or enc.name) if isinstance(enc, Encoder) else str(enc)
+
+
+def rank_votes(per_cat: dict, k: int) -> list[tuple[tuple[str, str], float]]:
+    """Categories ranked by the votes of the k nearest references (each votes with its similarity).
+
+    A category's score is the mean similarity of its best min(k, its refs) references, so it can be
+    compared with the threshold; categories without a vote among the k nearest rank after the voters.
+    """
+    flat = sorted(((s, cat) for cat, ss in per_cat.items() for s in ss), reverse=True)[:k]
+    votes: dict = {}
+    for s, cat in flat:
+        votes[cat] = votes.get(cat, 0.0) + s
+    def score(cat):
+        ss = sorted(per_cat[cat], reverse=True)[: max(1, min(k, sum(1 for _, c in flat if c == cat)))]
+        return float(np.mean(ss))
+    order = sorted(per_cat, key=lambda c: (-votes.get(c, float("-inf")), -max(per_cat[c])))
+    return [(c, score(c)) for c in order]
+
+
+_DEFAULT: KnowledgeRetriever | None = None
+_DEFAULT_LOCK = threading.Lock()
