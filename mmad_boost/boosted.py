@@ -74,7 +74,7 @@ class BoostedModel(MLLM):
             raise MmadError("retrieval mode given without rag: pass rag=True (CLI: --rag)")
         self._expert_fixed, self._expert_name, self._expert_source = _resolve_expert(expert)
         self._expert_dir = _per_category_folder(expert)
-        if self.calibrated and self._expert_fixed is None and self._expert_name is None:
+        if self.calibrated and not self._expert_source:
             raise MmadError("calibrated=True needs an expert: pass expert=... (CLI: --expert NAME --calibrated)")
         self._per_category: dict[tuple[str, str], Any] = {}
         self._locks: dict[tuple[str, str], threading.Lock] = {}
@@ -293,8 +293,11 @@ class BoostedModel(MLLM):
             raise MmadError(f"{self._expert_dir}: holds one expert per category, and this image's category is unknown; use it inside a benchmark or turn on rag with image retrieval")
         with self._guard:
             if key not in self._per_category:
-                found = [self._expert_dir / key[0] / key[1]] if key[0] else []
-                found = [d for d in found if (d / "expert.json").is_file()] or sorted(p.parent for p in self._expert_dir.glob(f"*/{key[1]}/expert.json"))
+                ds, cat = str(key[0] or "").lower(), key[1].lower()
+                names = {cat, f"{ds}-{cat}", f"{ds}_{cat}"}  # DATASET/CATEGORY, or flat `visa-fryum` folders
+                found = [d for d in ([self._expert_dir / key[0] / key[1]] if key[0] else []) if (d / "expert.json").is_file()]
+                found += sorted(p.parent for p in self._expert_dir.glob(f"*/{key[1]}/expert.json"))
+                found += sorted(p.parent for p in self._expert_dir.glob("*/expert.json") if p.parent.name.lower() in names)
                 if not found:
                     raise MmadError(f"{self._expert_dir}: no fitted expert for {key[0]}/{key[1]}; fit one with `mmad-boost expert fit --category {key[0]}/{key[1]} --out {self._expert_dir / str(key[0]) / key[1]}`")
                 self._per_category[key] = load_expert(found[0])
@@ -429,11 +432,11 @@ def _resolve_expert(expert: Any) -> tuple[Any, str | None, str | None]:
 
 
 def _per_category_folder(expert: Any) -> Path | None:
-    """A folder of fitted experts, one per DATASET/CATEGORY subfolder."""
+    """A folder of fitted experts, one per DATASET/CATEGORY (or DATASET-CATEGORY) subfolder, like `experts/`."""
     if not isinstance(expert, (str, os.PathLike)):
         return None
     path = Path(expert)
-    if path.is_dir() and not (path / "expert.json").is_file() and any(path.glob("*/*/expert.json")):
+    if path.is_dir() and not (path / "expert.json").is_file() and (any(path.glob("*/*/expert.json")) or any(path.glob("*/expert.json"))):
         return path
     return None
 

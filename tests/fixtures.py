@@ -21,14 +21,14 @@ def _object(color, seed, size=128):
     return im
 
 
-def make_fixture(root: Path, n_good: int = 3, n_bad: int = 3, dataset: str = "MVTec-AD") -> Path:
+def make_fixture(root: Path, n_good: int = 3, n_bad: int = 3, dataset: str = "MVTec-AD", n_train: int = 4) -> Path:
     """Writes images, masks and mmad.json under root; returns the question file."""
     root = Path(root)
     data = {}
     cats = list(CATS)
     for ci, (cat, color) in enumerate(CATS.items()):
         base = root / dataset / cat
-        train = [f"{dataset}/{cat}/train/good/{i:03d}.png" for i in range(4)]
+        train = [f"{dataset}/{cat}/train/good/{i:03d}.png" for i in range(n_train)]
         for i, key in enumerate(train):
             (root / key).parent.mkdir(parents=True, exist_ok=True)
             _object(color, f"{cat}train{i}").save(root / key)

@@ -224,9 +224,12 @@ def test_compare_cli_deltas(fixture_root, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_patchcore_fitted_per_category_and_calibrated(shared_fixture_root, tmp_path):
+def test_patchcore_fitted_per_category_and_calibrated(tmp_path):
     """`expert="patchcore"` in a benchmark fits on each category's train/good lazily, calibrates on held-out normals."""
-    bench = Benchmark(shared_fixture_root)
+    from fixtures import make_fixture
+
+    make_fixture(tmp_path / "data", n_train=12)  # enough normals that 3 held out give a meaningful threshold
+    bench = Benchmark(tmp_path / "data")
     items = bench.select(types=["Anomaly Detection"], categories=["widget"])
     runs = {}
     for calibrated in (False, True):
@@ -287,3 +290,17 @@ def test_folder_of_fitted_experts_per_category(fixture_root, tmp_path):
     assert {r["trace"]["expert"]["marked"] for r in recs if "good" not in r["image"]} == {True}
     with pytest.raises(MmadError, match="no fitted expert for MVTec-AD/gadget"):
         Runner(bench, model, tmp_path / "run2", progress=False).run(bench.select(categories=["gadget"]))
+
+
+@pytest.mark.slow
+def test_by_hand_with_shipped_calibrated_experts():
+    """expert="experts" (the repo's fitted sample experts): the image's retrieved category picks the expert."""
+    root = Path(__file__).resolve().parents[1]
+    sample = root / "mmad_boost" / "sample" / "visa" / "fryum" / "Data" / "Images"
+    images = [Image.open(sample / "Normal" / "000.JPG").convert("RGB"), Image.open(sample / "Anomaly" / "000.JPG").convert("RGB")]
+    model = BoostedModel(Recorder(), rag=True, expert=root / "experts", calibrated=True)
+    model(images, "Is there any defect in the object? A. Yes B. No")
+    ex = model.last_trace["expert"]
+    assert model.last_trace["retrieval"]["category"] == "fryum"
+    assert ex["mode"] == "calibrated" and isinstance(ex["decision"], bool)
+    assert ex["marked"] == ex["decision"]  # calibrated: marks only when it judges the image anomalous

@@ -65,7 +65,7 @@ def test_sigkill_at_random_points_then_resume(shared_fixture_root, tmp_path, cap
     rng = random.Random(8)
     kills = 0
     for attempt in range(6):
-        proc = start(eval_argv(shared_fixture_root, out, 40, "--workers", "2"))
+        proc = start(eval_argv(shared_fixture_root, out, 150, "--workers", "2"))
         if attempt % 2 == 0:  # right after some record was written
             wait_for_lines(proc, rec, n_lines(rec) + rng.randint(1, 6))
         else:  # at any moment: start-up, run.json, mid-question, reports
