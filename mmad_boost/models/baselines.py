@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import random
 import re
-import threading
 
 from ..errors import MmadError
 from ..prompt import Prompt

