@@ -32,6 +32,7 @@ class ExpertOutput:
     score: float
     decision: bool | None = None  # True = anomalous, None = uncalibrated
     pixel_threshold: float | None = None
+    cached: bool = False  # came from the map cache (no inference)
 
 
 def image_hash(image: Image.Image) -> str:
@@ -236,7 +237,7 @@ def cached_predict(expert, image: Image.Image, cache_dir: str | Path | None, *, 
             amap = np.load(map_file, allow_pickle=False).astype(np.float32)
             score = float(json.loads(meta_file.read_text())["score"])
             decide = getattr(expert, "decide", None)
-            return ExpertOutput(amap, score, decide(score) if decide else None, getattr(expert, "pixel_threshold", None))
+            return ExpertOutput(amap, score, decide(score) if decide else None, getattr(expert, "pixel_threshold", None), cached=True)
         except (OSError, ValueError, KeyError):
             pass  # a torn cache entry: recompute
     out = expert.predict(image, **kwargs)
