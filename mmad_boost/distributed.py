@@ -22,8 +22,8 @@ from typing import Any, Callable
 
 from .data import Benchmark, Question, Sample
 from .errors import MmadError
-from .records import RecordWriter, check_run_config, lock_records, read_records, records_name, rewrite_records, unlock_records
-from .runner import ErrorStreak, Runner, RunSummary, _ImageCache, _progress, shard_of
+from .records import RecordWriter, unlock_records
+from .runner import ErrorStreak, Runner, RunSummary, _ImageCache, _progress, in_shard
 
 # Environment variables forwarded to workers when set in the driver (offline model loading).
 FORWARDED_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME")
@@ -180,19 +180,14 @@ class RayRunner:
 
     # -- the loop ------------------------------------------------------------
     def run(self, items: list[tuple[Sample, Question]]) -> RunSummary:
-        shard = self.runner_kwargs.get("shard")
-        if shard:
-            items = [(s, q) for s, q in items if shard_of(s.key, shard[1]) == shard[0]]
+        items = in_shard(items, self.runner_kwargs.get("shard"))
         groups: OrderedDict[str, list[int]] = OrderedDict()
         ray, started = self._start_ray()
         workers: list = []
         try:
             local = self.model if self.model is not None and not isinstance(self.model, str) and self.model_factory is None else None
             probe = Runner(self.bench, local or _ModelInfo("pending", {}), self.out, **self.runner_kwargs)
-            probe._check_paths(items)
-            check = getattr(local, "check_samples", None)
-            if callable(check):  # the model's own up-front checks, as in Runner
-                check(list({s.key: s for s, _ in items}.values()))
+            probe.preflight(items)  # the model's own checks run only where the driver holds the model
             self._resources(ray)
             n_images = len({s.key for s, _ in items})
             if local is None:  # identity as the workers see their model
@@ -200,7 +195,7 @@ class RayRunner:
                 name, cfg = _get(ray, workers[0].describe.remote())
                 probe = Runner(self.bench, _ModelInfo(name, cfg), self.out, **self.runner_kwargs)
                 probe.model_name = name
-            path, todo = self._plan(probe, items, shard)
+            path, self._lock, todo, _ = probe.open_run(items)  # held until run() ends
             for s, q in todo:
                 groups.setdefault(s.key, []).append(q.index)
             if not workers and groups:  # identity checked first: a refused run starts no actors
@@ -224,24 +219,6 @@ class RayRunner:
         if interrupted:
             print(f"\nInterrupted: rerun the same command to resume ({path}).", file=sys.stderr)
         return summary
-
-    def _plan(self, probe: Runner, items, shard) -> tuple[Path, list]:
-        """The local runner's rules: records lock, run.json identity, torn-line repair, errored records retried."""
-        if self.out.exists() and not self.out.is_dir():
-            raise MmadError(f"--out {self.out} is a file, not a folder; choose a folder path for the run")
-        self.out.mkdir(parents=True, exist_ok=True)
-        path = self.out / records_name(shard)
-        self._lock = lock_records(path)  # held until run() ends
-        check_run_config(
-            self.out, probe.identity(), force=self.runner_kwargs.get("force_mix", False),
-            extra={"data_root": str(Path(self.bench.root).resolve())},
-        )
-        existing = read_records(path, repair=True)
-        if any(r.get("error") for r in existing):
-            existing = [r for r in existing if not r.get("error")]
-            rewrite_records(path, existing)
-        done = {r.get("qid") for r in existing}
-        return path, [(s, q) for s, q in items if s.qid(q) not in done]
 
     def _gather(self, ray, workers: list, groups: OrderedDict, path: Path, total: int) -> tuple[int, int, bool]:
         writer = RecordWriter(path, durable=self.runner_kwargs.get("durable", False))

@@ -39,6 +39,13 @@ def shard_of(key: str, n: int) -> int:
     return zlib.crc32(key.encode("utf-8")) % n + 1
 
 
+def in_shard(items, shard: tuple[int, int] | None):
+    """The questions of shard (I, N), chosen by image; all of them when shard is None."""
+    if not shard:
+        return items
+    return [(s, q) for s, q in items if shard_of(s.key, shard[1]) == shard[0]]
+
+
 def parse_shard(text: str | None) -> tuple[int, int] | None:
     if not text:
         return None
@@ -264,30 +271,9 @@ class Runner:
 
     # -- the loop ------------------------------------------------------------
     def run(self, items: list[tuple[Sample, Question]]) -> RunSummary:
-        if self.shard:
-            items = [(s, q) for s, q in items if shard_of(s.key, self.shard[1]) == self.shard[0]]
-        self._check_paths(items)
-        check = getattr(self.model, "check_samples", None)
-        if callable(check):  # the model's own up-front checks (e.g. knowledge for every category)
-            check(list({s.key: s for s, _ in items}.values()))
-        if self.out.exists() and not self.out.is_dir():
-            raise MmadError(f"--out {self.out} is a file, not a folder; choose a folder path for the run")
-        created = not self.out.exists()
-        self.out.mkdir(parents=True, exist_ok=True)
-        path = self.out / records_name(self.shard)
-        lock = lock_records(path)
-        try:
-            check_run_config(self.out, self.identity(), force=self.force_mix, extra={"data_root": str(Path(self.bench.root).resolve())})
-            existing = read_records(path, repair=True)
-            failed = [r for r in existing if r.get("error")]
-            if failed:  # retry only the errored questions: drop their records first, atomically
-                existing = [r for r in existing if not r.get("error")]
-                rewrite_records(path, existing)
-        except BaseException:
-            unlock_records(lock)
-            raise
-        done = {r.get("qid") for r in existing}
-        todo = [(s, q) for s, q in items if s.qid(q) not in done]
+        items = in_shard(items, self.shard)
+        self.preflight(items)
+        path, lock, todo, created = self.open_run(items)
         pending: dict[str, int] = {}
         for s, _ in todo:
             pending[s.key] = pending.get(s.key, 0) + 1
@@ -348,6 +334,35 @@ class Runner:
                 file=sys.stderr,
             )
         return summary
+
+    def preflight(self, items) -> None:
+        """Everything that can fail before a run writes anything: images, templates, the model's own checks."""
+        self._check_paths(items)
+        check = getattr(self.model, "check_samples", None)
+        if callable(check):  # e.g. knowledge for every category
+            check(list({s.key: s for s, _ in items}.values()))
+
+    def open_run(self, items) -> tuple[Path, int, list, bool]:
+        """Claim the run folder: lock its records, check run.json's identity, cut a torn last line, and drop
+        errored records so those questions are asked again. Returns (records path, lock, questions to ask,
+        whether the folder was created)."""
+        if self.out.exists() and not self.out.is_dir():
+            raise MmadError(f"--out {self.out} is a file, not a folder; choose a folder path for the run")
+        created = not self.out.exists()
+        self.out.mkdir(parents=True, exist_ok=True)
+        path = self.out / records_name(self.shard)
+        lock = lock_records(path)
+        try:
+            check_run_config(self.out, self.identity(), force=self.force_mix, extra={"data_root": str(Path(self.bench.root).resolve())})
+            existing = read_records(path, repair=True)
+            if any(r.get("error") for r in existing):  # retry only the errored questions: drop their records, atomically
+                existing = [r for r in existing if not r.get("error")]
+                rewrite_records(path, existing)
+        except BaseException:
+            unlock_records(lock)
+            raise
+        done = {r.get("qid") for r in existing}
+        return path, lock, [(s, q) for s, q in items if s.qid(q) not in done], created
 
     def _check_paths(self, items) -> None:
         """Fail before writing anything if an image the run needs is missing."""
