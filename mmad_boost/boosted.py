@@ -67,7 +67,9 @@ class BoostedModel(MLLM):
         self.calibrated = bool(calibrated)
         self.expert_options = dict(expert_options or {})
         self.cache_dir = Path(cache_dir) if cache_dir else None
-        self.holdout = holdout
+        if not 0 < float(holdout) < 1:
+            raise MmadError(f"holdout {holdout}: use the fraction (between 0 and 1) of each category's normal images kept for calibration")
+        self.holdout = float(holdout)
         self.save_pictures = save_pictures
         self.retriever, self._rag_source = _make_retriever(rag, knowledge, mmad_knowledge)
         if self.retriever is None and retrieval is not None:
@@ -345,19 +347,16 @@ class BoostedModel(MLLM):
             return expert
 
     def _fit_new(self, folder: Path, load_rgb, create_expert):
+        from .experts.base import fit_and_calibrate, holdout_split
+
         files = sorted(f for f in folder.iterdir() if f.suffix.lower() in _IMAGE_SUFFIXES) if folder.is_dir() else []
         expert = create_expert(self._expert_name, **self.expert_options)
         needs_fit = not (getattr(expert, "needs_mask", False) or getattr(expert, "needs_templates", False))
-        n_cal = max(1, round(len(files) * self.holdout)) if len(files) >= 2 else 0
-        fit_files, cal_files = files[: len(files) - n_cal], files[len(files) - n_cal :]
+        fit_files, cal_files = holdout_split(files, self.holdout)
         if (needs_fit and not fit_files) or (self.calibrated and not cal_files):
             need = "at least 2, to fit and calibrate" if self.calibrated else "at least 1"
             raise MmadError(f"{folder}: expert {self._expert_name} needs normal training images here ({need}); add them or pass a fitted expert folder")
-        if needs_fit:
-            expert.fit([load_rgb(f) for f in fit_files])
-        if cal_files:
-            expert.calibrate([load_rgb(f) for f in cal_files])
-        return expert
+        return fit_and_calibrate(expert, [load_rgb(f) for f in fit_files], [load_rgb(f) for f in cal_files])
 
     # -- CLI -------------------------------------------------------------------
     @classmethod

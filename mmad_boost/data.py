@@ -244,12 +244,21 @@ def load_question_file(path: Path) -> list[Sample]:
     return parse_samples(raw, path)
 
 
-def load_rgb(path: Path) -> Image.Image:
-    """Any image as 8-bit RGB (grayscale, 16-bit and CMYK files included)."""
+def _require_image_file(path: Path) -> int:
+    """The file's size; a clear error for a missing path, a folder, or an empty file."""
     if not path.exists():
         raise MmadError(f"image {path} not found; check --data and the paths in the question file")
-    if path.is_file() and path.stat().st_size == 0:
+    if not path.is_file():
+        raise MmadError(f"image {path} is a folder, not an image file; check the paths in the question file")
+    size = path.stat().st_size
+    if size == 0:
         raise MmadError(f"image {path} is empty (0 bytes); replace it with the real file")
+    return size
+
+
+def load_rgb(path: Path) -> Image.Image:
+    """Any image as 8-bit RGB (grayscale, 16-bit and CMYK files included)."""
+    _require_image_file(path)
     try:
         with Image.open(path) as im:
             im.load()
@@ -265,11 +274,7 @@ _COMPLETE_ENDINGS = {"PNG": b"IEND\xaeB`\x82", "JPEG": b"\xff\xd9"}
 
 def check_image_file(path: Path) -> None:
     """Cheap up-front check (header and file end) so a bad image stops a run before it starts."""
-    if not path.is_file():
-        raise MmadError(f"image {path} not found; check --data and the paths in the question file")
-    size = path.stat().st_size
-    if size == 0:
-        raise MmadError(f"image {path} is empty (0 bytes); replace it with the real file")
+    size = _require_image_file(path)
     try:
         with Image.open(path) as im:
             fmt = im.format

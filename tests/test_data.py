@@ -110,3 +110,14 @@ def test_shuffle_remaps_answer_and_is_seeded():
         assert shuffle_options(opts, "C", 0, f"img#{i}") == (shown, ans)
         seen.add(ans)
     assert len(seen) > 1
+
+
+def test_folder_in_place_of_an_image_is_named_the_same_way_everywhere(tmp_path):
+    from mmad_boost.data import check_image_file, load_rgb
+    from mmad_boost.errors import MmadError
+
+    folder = tmp_path / "000.png"
+    folder.mkdir()
+    for check in (load_rgb, check_image_file):
+        with pytest.raises(MmadError, match=r"000\.png is a folder, not an image file"):
+            check(folder)

@@ -189,3 +189,73 @@ def test_foreground_filter_zeroes_background():
     fg = foreground_mask(im)
     assert fg is not None and fg[50, 60] and not fg[3, 3] and not fg[95, 115]
     assert foreground_mask(Image.new("RGB", (64, 64), (128, 128, 128))) is None  # nothing found: filter skipped
+
+
+def _patchcore_on_known_distances(patch_norms, **kw):
+    """A PatchCore whose backbone is replaced by fixed 2-d patch features: with a bank holding only
+    the origin, each patch score is the norm of its feature, known in advance."""
+    expert = create_expert("patchcore", size=8, sigma=0, **kw)
+    h, w = patch_norms.shape
+    feats = np.zeros((1, h, w, 2), np.float32)
+    feats[0, :, :, 0] = patch_norms
+    expert.features = lambda images: feats
+    expert.bank = np.zeros((1, 2), np.float32)
+    expert._index, expert.fitted = expert._index_of(expert.bank), True
+    return expert
+
+
+def test_patchcore_image_score_is_mean_of_top_patches():
+    norms = np.arange(16, dtype=np.float32).reshape(4, 4)  # patch scores 0..15
+    image = Image.new("RGB", (8, 8))
+    assert _patchcore_on_known_distances(norms, topk=0).predict(image).score == pytest.approx(15.0)  # the paper's max
+    assert _patchcore_on_known_distances(norms, topk=0.25).predict(image).score == pytest.approx((12 + 13 + 14 + 15) / 4)
+    assert _patchcore_on_known_distances(norms, topk=0.01).predict(image).score == pytest.approx(15.0)  # at least one patch
+    assert create_expert("patchcore").topk == 0.01
+    with pytest.raises(MmadError, match="topk"):
+        create_expert("patchcore", topk=1.5)
+    with pytest.raises(MmadError, match="reweight"):
+        create_expert("patchcore", reweight=True, topk=0.01)  # eq. 7 damps the single largest patch: needs topk=0
+    assert create_expert("patchcore", reweight=True).topk == 0.0
+
+
+def test_folder_written_before_topk_keeps_max_scoring(tmp_path):
+    expert = _patchcore_on_known_distances(np.ones((2, 2), np.float32), topk=0)
+    expert.save(tmp_path / "old")
+    meta = json.loads((tmp_path / "old" / "expert.json").read_text())
+    del meta["config"]["topk"]
+    (tmp_path / "old" / "expert.json").write_text(json.dumps(meta))
+    assert load_expert(tmp_path / "old").topk == 0.0
+
+
+def test_greedy_coreset_matches_plain_k_center():
+    import torch
+
+    from mmad_boost.experts.patchcore import greedy_coreset
+
+    x = np.random.default_rng(3).normal(size=(400, 24)).astype(np.float32)
+    got = greedy_coreset(x, 40, seed=5)
+    # the textbook loop with exact distances, from the same random start
+    start = int(torch.randint(len(x), (1,), generator=torch.Generator().manual_seed(5)))
+    chosen, dmin = [start], np.linalg.norm(x - x[start], axis=1)
+    for _ in range(39):
+        i = int(np.argmax(dmin))
+        chosen.append(i)
+        dmin = np.minimum(dmin, np.linalg.norm(x - x[i], axis=1))
+    assert got.tolist() == chosen
+    assert greedy_coreset(x, 500).tolist() == list(range(400))  # asking for more keeps everything
+
+
+def test_holdout_split_and_few_shot_calibration(capsules):
+    from mmad_boost.experts.base import fit_and_calibrate, holdout_split
+
+    assert holdout_split(list("abcdefgh"), 0.25) == (list("abcdef"), list("gh"))
+    assert holdout_split(list("ab"), 0.9) == (["a"], ["b"])  # at least one image left to fit
+    assert holdout_split(["a"], 0.25) == (["a"], [])
+    with pytest.raises(MmadError, match="holdout"):
+        holdout_split(list("abc"), 1.0)
+    # a few-shot expert is calibrated against a template from the fitting part, then decides
+    expert = create_expert("patchcore-fewshot", size=96)
+    fit_and_calibrate(expert, [small(p, 128) for p in capsules.train[:2]], [small(p, 128) for p in capsules.train[2:4]])
+    assert expert.calibrated and expert.pixel_threshold <= expert.image_threshold
+    tpl = [small(capsules.train[0], 128)]
+    assert expert.predict(tpl[0], templates=tpl).decision is False

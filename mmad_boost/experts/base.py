@@ -138,6 +138,28 @@ class Expert:
         return d
 
 
+def holdout_split(files: Sequence, holdout: float) -> tuple[list, list]:
+    """(fit part, calibration part) of a category's sorted normal images: the last `holdout`
+    fraction (at least 1) is held out for calibration, and at least 1 image is left to fit."""
+    if not 0 < holdout < 1:
+        raise MmadError(f"holdout {holdout}: use a fraction between 0 and 1")
+    files = list(files)
+    n_cal = min(len(files) - 1, max(1, round(len(files) * holdout))) if len(files) >= 2 else 0
+    return files[: len(files) - n_cal], files[len(files) - n_cal:]
+
+
+def fit_and_calibrate(expert, fit_images: list[Image.Image], calibration_images: list[Image.Image], *, margin: float = 1.0):
+    """Fit on normal images (experts that learn nothing skip it) and calibrate on held-out ones.
+    A few-shot expert scores each held-out image against the first fitting image as its template,
+    as MMAD's 1-shot queries are scored."""
+    few_shot = getattr(expert, "needs_templates", False)
+    if not (few_shot or getattr(expert, "needs_mask", False)):
+        expert.fit(fit_images)
+    if calibration_images:
+        expert.calibrate(calibration_images, margin=margin, templates=fit_images[:1] if few_shot else None)
+    return expert
+
+
 def _registry() -> dict[str, Any]:
     from .gt import GroundTruthExpert
     from .patchcore import PatchCore
@@ -190,7 +212,9 @@ def load_expert(directory: str | Path) -> Expert:
     kind, config = meta.get("kind"), dict(meta.get("config", {}))
     if kind == "anomalib":
         kind = f"anomalib:{config.pop('model', 'Patchcore')}"
-    elif kind == "patchcore" and config.get("mode") == "few-shot":
+    if kind == "patchcore":
+        config.setdefault("topk", 0.0)  # folders written before `topk` existed scored by the largest patch
+    if kind == "patchcore" and config.get("mode") == "few-shot":
         config.pop("mode")
         kind = "patchcore-fewshot"
     expert = create_expert(kind, **config)

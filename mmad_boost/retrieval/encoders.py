@@ -7,7 +7,6 @@ package-shipped sentence-transformers all-MiniLM-L6-v2). Each encoder has an `id
 """
 from __future__ import annotations
 
-import hashlib
 import threading
 from functools import lru_cache
 from pathlib import Path
@@ -16,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import MmadError
+from ..records import file_sha256 as _hash_file
 
 DEFAULT_IMAGE_ENCODER = "efficientnet-lite0"
 DEFAULT_TEXT_ENCODER = "minilm"
@@ -24,11 +24,8 @@ _BATCH = 16
 
 @lru_cache(maxsize=None)
 def _sha256(path: str, mtime: float) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    """Memoised per (file, modification time): weights files are large and hashed often."""
+    return _hash_file(Path(path))
 
 
 def file_sha256(path: str | Path) -> str:
