@@ -5,12 +5,12 @@ padding counted, as the reference implementation: it matters for border patches)
 coarser one upsampled and concatenated; a memory bank of normal patch features reduced by greedy
 coreset subsampling (on a random projection when the features are wide, as in the paper); FAISS
 exact nearest-neighbour search. Patch score = distance to the nearest bank entry. Image score =
-the mean of the top `topk` fraction of patch scores (default 1 %, or 0 with reweight: one noisy patch no longer
-decides, which lifted image AUROC on both sample categories, see docs/benchmarks.md); topk=0 is
-the paper's largest patch score, reweight=True its eq. 7 density damping of it. Map = patch
-scores upsampled bilinearly and Gaussian-smoothed (sigma 4 px at the working size), then resized
-to the image. Input 384 px by default: MMAD's defects are often under 0.1 % of the image, below
-one stride-8 patch at 256 px. Optional foreground filter as MMAD did (protocol §7).
+the mean of the top `topk` fraction of patch scores (default 1 %, 0 with reweight), so one noisy
+patch no longer decides: at 256 px it lifted image AUROC on both sample categories, at 384 px on
+fryum only (docs/benchmarks.md). topk=0 is the paper's largest patch score, reweight=True its
+eq. 7 density damping of it. Map = patch scores upsampled bilinearly and Gaussian-smoothed
+(sigma 4 px at the working size), then resized to the image. Input 384 px by default: MMAD's
+defects are often under 0.1 % of the image, below one stride-8 patch at 256 px. Optional foreground filter as MMAD did (protocol §7).
 
 Modes: `full` fits once on all normal images of a category; `few-shot` (MMAD's set-up) fits per
 query on the template images given to `predict` (no coreset: the bank is small).
