@@ -23,8 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def cli_json(argv: list[str]) -> dict:
-    """Run `mmad-boost ARGV` in this process; the JSON object it prints last."""
+def cli(argv: list[str]) -> str:
+    """Run `mmad-boost ARGV` in this process, quietly; what it printed to stdout."""
     from mmad_boost.cli import main
 
     buf = io.StringIO()
@@ -32,7 +32,12 @@ def cli_json(argv: list[str]) -> dict:
         rc = main(argv)
     if rc != 0:
         raise SystemExit(f"mmad-boost {' '.join(argv)} exited {rc}")
-    return json.loads(buf.getvalue().strip().splitlines()[-1])
+    return buf.getvalue()
+
+
+def cli_json(argv: list[str]) -> dict:
+    """The JSON object `mmad-boost ARGV` prints last."""
+    return json.loads(cli(argv).strip().splitlines()[-1])
 
 
 def main() -> int:
@@ -56,11 +61,7 @@ def main() -> int:
             for cat in args.categories:
                 out = str(Path(tmp) / f"pc-{cat}-{size}")
                 opts = [f"--option=size={size}"] + [f"--option={o}" for o in args.option]
-                with contextlib.redirect_stderr(io.StringIO()):
-                    from mmad_boost.cli import main as cli
-
-                    if cli(["expert", "fit", "--data", data, "--category", f"VisA/{cat}", *opts, "--out", out]) != 0:
-                        raise SystemExit(f"expert fit {cat} failed")
+                cli(["expert", "fit", "--data", data, "--category", f"VisA/{cat}", *opts, "--out", out])
                 base = ["expert", "eval", "--expert-dir", out, "--data", data, "--viz", args.viz, "--json"]
                 faithful = cli_json(base)
                 calibrated = cli_json(base + ["--calibrated"])

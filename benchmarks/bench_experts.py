@@ -32,14 +32,13 @@ sys.path.insert(0, str(ROOT))
 
 
 def make_expert(side: str, size: int, seed: int, options: dict):
+    import numpy as np
     import torch
 
     from mmad_boost.experts import create_expert
 
     if side == "ours":
         return create_expert("patchcore", size=size, seed=seed, **options)
-    import numpy as np
-
     torch.manual_seed(seed)  # anomalib's coreset start: torch's global generator
     np.random.seed(seed)  # its sparse random projection: sklearn sampling from numpy's global generator
     expert = create_expert("anomalib:Patchcore", size=size, coreset_sampling_ratio=0.1)
@@ -139,17 +138,6 @@ def default_size() -> int:
     return inspect.signature(PatchCore).parameters["size"].default
 
 
-def _options(pairs: list[str]) -> dict:
-    out = {}
-    for kv in pairs:
-        k, _, v = kv.partition("=")
-        try:
-            out[k] = json.loads(v)
-        except json.JSONDecodeError:
-            out[k] = v
-    return out
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--categories", nargs="+", default=["fryum", "capsules"])
@@ -164,6 +152,8 @@ def main() -> int:
     ap.add_argument("--one", nargs=2, metavar=("SIDE", "CATEGORY"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from mmad_boost.experts.cli import _options  # KEY=VALUE parsing as `expert fit --option`
+
     options = _options(args.ours_option)
     if args.one:
         print(json.dumps(run_one(args.one[0], args.one[1], args.threads, args.size, args.seeds, args.folds, options)))

@@ -255,7 +255,9 @@ class BoostedModel(MLLM):
         probe = self._probe_expert()
         info = q.info
         root = info.data_root if info else None
-        needs_fit = not (getattr(probe, "needs_mask", False) or getattr(probe, "needs_templates", False))
+        from .experts.base import learns_from_normals
+
+        needs_fit = learns_from_normals(probe)
         if not needs_fit and (not self.calibrated or getattr(probe, "image_threshold", None) is not None):
             return probe  # gt, or a few-shot expert in faithful mode: one instance serves every category
         if info and info.category and root:
@@ -347,13 +349,12 @@ class BoostedModel(MLLM):
             return expert
 
     def _fit_new(self, folder: Path, load_rgb, create_expert):
-        from .experts.base import fit_and_calibrate, holdout_split
+        from .experts.base import fit_and_calibrate, holdout_split, learns_from_normals
 
         files = sorted(f for f in folder.iterdir() if f.suffix.lower() in _IMAGE_SUFFIXES) if folder.is_dir() else []
         expert = create_expert(self._expert_name, **self.expert_options)
-        needs_fit = not (getattr(expert, "needs_mask", False) or getattr(expert, "needs_templates", False))
         fit_files, cal_files = holdout_split(files, self.holdout)
-        if (needs_fit and not fit_files) or (self.calibrated and not cal_files):
+        if (learns_from_normals(expert) and not fit_files) or (self.calibrated and not cal_files):
             need = "at least 2, to fit and calibrate" if self.calibrated else "at least 1"
             raise MmadError(f"{folder}: expert {self._expert_name} needs normal training images here ({need}); add them or pass a fitted expert folder")
         return fit_and_calibrate(expert, [load_rgb(f) for f in fit_files], [load_rgb(f) for f in cal_files])

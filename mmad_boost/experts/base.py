@@ -138,6 +138,12 @@ class Expert:
         return d
 
 
+def learns_from_normals(expert) -> bool:
+    """Fitted on a category's normal images: not the ground truth (reads masks) and not few-shot
+    (fits per query on its templates)."""
+    return not (getattr(expert, "needs_mask", False) or getattr(expert, "needs_templates", False))
+
+
 def holdout_split(files: Sequence, holdout: float) -> tuple[list, list]:
     """(fit part, calibration part) of a category's sorted normal images: the last `holdout`
     fraction (at least 1) is held out for calibration, and at least 1 image is left to fit."""
@@ -152,10 +158,10 @@ def fit_and_calibrate(expert, fit_images: list[Image.Image], calibration_images:
     """Fit on normal images (experts that learn nothing skip it) and calibrate on held-out ones.
     A few-shot expert scores each held-out image against the first fitting image as its template,
     as MMAD's 1-shot queries are scored."""
-    few_shot = getattr(expert, "needs_templates", False)
-    if not (few_shot or getattr(expert, "needs_mask", False)):
+    if learns_from_normals(expert):
         expert.fit(fit_images)
     if calibration_images:
+        few_shot = getattr(expert, "needs_templates", False)
         expert.calibrate(calibration_images, margin=margin, templates=fit_images[:1] if few_shot else None)
     return expert
 
@@ -212,11 +218,11 @@ def load_expert(directory: str | Path) -> Expert:
     kind, config = meta.get("kind"), dict(meta.get("config", {}))
     if kind == "anomalib":
         kind = f"anomalib:{config.pop('model', 'Patchcore')}"
-    if kind == "patchcore":
+    elif kind == "patchcore":
         config.setdefault("topk", 0.0)  # folders written before `topk` existed scored by the largest patch
-    if kind == "patchcore" and config.get("mode") == "few-shot":
-        config.pop("mode")
-        kind = "patchcore-fewshot"
+        if config.get("mode") == "few-shot":
+            config.pop("mode")
+            kind = "patchcore-fewshot"
     expert = create_expert(kind, **config)
     arrays = {}
     for k in meta.get("arrays", []):

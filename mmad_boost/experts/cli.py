@@ -85,8 +85,7 @@ def cmd_fit(args) -> int:
     if args.backbone:
         opts["backbone"] = args.backbone
     expert = create_expert(args.expert, **opts)
-    learns = not (getattr(expert, "needs_mask", False) or getattr(expert, "needs_templates", False))
-    if len(files) < 2 and (learns or getattr(expert, "needs_templates", False)):
+    if len(files) < 2 and not getattr(expert, "needs_mask", False):  # the ground truth needs no normals
         raise MmadError(f"{folder}: needs at least 2 normal images (to fit and to calibrate); found {len(files)}")
     try:
         fit_files, cal_files = holdout_split(files, args.holdout)

@@ -10,7 +10,8 @@ patch no longer decides: at 256 px it lifted image AUROC on both sample categori
 fryum only (docs/benchmarks.md). topk=0 is the paper's largest patch score, reweight=True its
 eq. 7 density damping of it. Map = patch scores upsampled bilinearly and Gaussian-smoothed
 (sigma 4 px at the working size), then resized to the image. Input 384 px by default: MMAD's
-defects are often under 0.1 % of the image, below one stride-8 patch at 256 px. Optional foreground filter as MMAD did (protocol §7).
+defects are often under 0.1 % of the image, below one stride-8 patch at 256 px. Optional
+foreground filter as MMAD did (protocol §7).
 
 Modes: `full` fits once on all normal images of a category; `few-shot` (MMAD's set-up) fits per
 query on the template images given to `predict` (no coreset: the bank is small).
