@@ -210,21 +210,41 @@ def test_patchcore_image_score_is_mean_of_top_patches():
     assert _patchcore_on_known_distances(norms, topk=0).predict(image).score == pytest.approx(15.0)  # the paper's max
     assert _patchcore_on_known_distances(norms, topk=0.25).predict(image).score == pytest.approx((12 + 13 + 14 + 15) / 4)
     assert _patchcore_on_known_distances(norms, topk=0.01).predict(image).score == pytest.approx(15.0)  # at least one patch
-    assert create_expert("patchcore").topk == 0.01
+    assert create_expert("patchcore").topk == 0.001
     with pytest.raises(MmadError, match="topk"):
         create_expert("patchcore", topk=1.5)
     with pytest.raises(MmadError, match="reweight"):
         create_expert("patchcore", reweight=True, topk=0.01)  # eq. 7 damps the single largest patch: needs topk=0
     assert create_expert("patchcore", reweight=True).topk == 0.0
+    with pytest.raises(MmadError, match="reweight"):
+        create_expert("patchcore", reweight=True, topk=0, knn=3)
+
+
+def test_patchcore_patch_score_is_mean_distance_to_knn_bank_entries():
+    norms = np.full((2, 2), 10.0, np.float32)
+    image = Image.new("RGB", (8, 8))
+    scores = {}
+    for knn in (1, 3, 5):
+        expert = _patchcore_on_known_distances(norms, topk=0, knn=knn)
+        expert.bank = np.array([[0, 0], [1, 0], [2, 0]], np.float32)  # patches at (10, 0): distances 10, 9, 8
+        expert._index = expert._index_of(expert.bank)
+        scores[knn] = expert.predict(image).score
+    assert scores == pytest.approx({1: 8.0, 3: 9.0, 5: 9.0})  # knn beyond the bank's size uses all of it
+    assert create_expert("patchcore").knn == 3 and create_expert("patchcore-fewshot").knn == 1  # few-shot: MMAD's set-up
+    assert create_expert("patchcore", knn="2").knn == 2  # as given by `--option knn=2`
+    for bad in (0, -1, 1.5, "two"):
+        with pytest.raises(MmadError, match="knn"):
+            create_expert("patchcore", knn=bad)
 
 
 def test_folder_written_before_topk_keeps_max_scoring(tmp_path):
     expert = _patchcore_on_known_distances(np.ones((2, 2), np.float32), topk=0)
     expert.save(tmp_path / "old")
     meta = json.loads((tmp_path / "old" / "expert.json").read_text())
-    del meta["config"]["topk"]
+    del meta["config"]["topk"], meta["config"]["knn"]
     (tmp_path / "old" / "expert.json").write_text(json.dumps(meta))
-    assert load_expert(tmp_path / "old").topk == 0.0
+    old = load_expert(tmp_path / "old")
+    assert (old.topk, old.knn) == (0.0, 1)
 
 
 def test_greedy_coreset_matches_plain_k_center():

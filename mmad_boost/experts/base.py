@@ -219,7 +219,8 @@ def load_expert(directory: str | Path) -> Expert:
     if kind == "anomalib":
         kind = f"anomalib:{config.pop('model', 'Patchcore')}"
     elif kind == "patchcore":
-        config.setdefault("topk", 0.0)  # folders written before `topk` existed scored by the largest patch
+        config.setdefault("topk", 0.0)  # folders written before `topk` existed scored by the largest patch,
+        config.setdefault("knn", 1)  # and before `knn` by the nearest bank entry alone
         if config.get("mode") == "few-shot":
             config.pop("mode")
             kind = "patchcore-fewshot"

@@ -4,14 +4,15 @@ Mid-level backbone features (strides 8 and 16), each averaged over its 3x3 neigh
 padding counted, as the reference implementation: it matters for border patches), the
 coarser one upsampled and concatenated; a memory bank of normal patch features reduced by greedy
 coreset subsampling (on a random projection when the features are wide, as in the paper); FAISS
-exact nearest-neighbour search. Patch score = distance to the nearest bank entry. Image score =
-the mean of the top `topk` fraction of patch scores (default 1 %, 0 with reweight), so one noisy
-patch no longer decides: at 256 px it lifted image AUROC on both sample categories, at 384 px on
-fryum only (docs/benchmarks.md). topk=0 is the paper's largest patch score, reweight=True its
-eq. 7 density damping of it. Map = patch scores upsampled bilinearly and Gaussian-smoothed
-(sigma 4 px at the working size), then resized to the image. Input 384 px by default: MMAD's
-defects are often under 0.1 % of the image, below one stride-8 patch at 256 px. Optional
-foreground filter as MMAD did (protocol §7).
+exact nearest-neighbour search. Patch score = mean distance to the `knn` nearest bank entries
+(default 3 in full mode; the paper's is 1): one coreset entry that happens to lie near a defect patch no longer
+hides it. Image score = the mean of the top `topk` fraction of patch scores (default 0.1 %: 3 of
+the 2304 patches at 384 px), so one noisy patch no longer decides. Both lifted image AUROC on the
+sample at 384 px (docs/benchmarks.md). knn=1, topk=0 is the paper's largest patch distance,
+reweight=True its eq. 7 density damping of it. Map = patch scores upsampled bilinearly and
+Gaussian-smoothed (sigma 4 px at the working size), then resized to the image. Input 384 px by
+default: MMAD's defects are often under 0.1 % of the image, below one stride-8 patch at 256 px.
+Optional foreground filter as MMAD did (protocol §7).
 
 Modes: `full` fits once on all normal images of a category; `few-shot` (MMAD's set-up) fits per
 query on the template images given to `predict` (no coreset: the bank is small).
@@ -114,6 +115,20 @@ def greedy_coreset(features: np.ndarray, n: int, *, seed: int = 0, proj_dim: int
     return np.array(chosen)
 
 
+def knn_patch_scores(index, flat: np.ndarray, knn: int) -> tuple[np.ndarray, np.ndarray]:
+    """(patch scores = mean L2 distance to the `knn` nearest bank entries, index of the nearest)."""
+    dist, nn = index.search(flat, min(knn, index.ntotal))
+    return np.sqrt(np.maximum(dist, 0)).mean(1).astype(np.float32), nn[:, 0]
+
+
+def top_mean(scores: np.ndarray, topk: float) -> float:
+    """Mean of the top `topk` fraction of scores (at least one); the largest when topk = 0."""
+    if topk <= 0:
+        return float(scores.max())
+    n = max(1, int(np.ceil(topk * scores.size)))
+    return float(np.partition(scores.ravel(), scores.size - n)[-n:].mean())
+
+
 def foreground_mask(image: Image.Image, work: int = 256) -> np.ndarray | None:
     """MMAD's filter: GrabCut from a rectangle 1 % inside the border; None when under 5 % is found."""
     import cv2
@@ -139,7 +154,7 @@ class PatchCore(Expert):
 
     def __init__(self, backbone: str = DEFAULT_BACKBONE, mode: str = "full", size: int = 384, coreset_ratio: float = 0.1,
                  sigma: float = 4.0, foreground: bool = False, seed: int = 0, batch: int = 8, reweight: bool = False,
-                 topk: float | None = None):
+                 topk: float | None = None, knn: int | None = None):
         super().__init__()
         if mode not in ("full", "few-shot"):
             raise MmadError(f"patchcore mode {mode!r}: use full or few-shot")
@@ -150,12 +165,16 @@ class PatchCore(Expert):
         self.coreset_ratio, self.sigma, self.foreground = float(coreset_ratio), float(sigma), _as_bool(foreground)
         self.seed, self.batch, self.reweight = int(seed), int(batch), _as_bool(reweight)
         if topk is None:
-            topk = 0.0 if self.reweight else 0.01
+            topk = 0.0 if self.reweight else 0.001
+        if knn is None:  # few-shot keeps MMAD's set-up (nearest template patch), where knn was not measured
+            knn = 3 if mode == "full" and not self.reweight else 1
         if not 0 <= float(topk) < 1:
             raise MmadError(f"patchcore topk {topk}: use a fraction in [0, 1) of the patches (0 = the largest patch score)")
-        if self.reweight and float(topk) > 0:
-            raise MmadError("patchcore: reweight (paper eq. 7) damps the single largest patch score; use it with topk=0")
-        self.topk = float(topk)
+        if not str(knn).isdigit() or int(knn) < 1:
+            raise MmadError(f"patchcore knn {knn}: use a whole number >= 1 of nearest bank entries per patch (1 = the paper's)")
+        if self.reweight and (float(topk) > 0 or int(knn) != 1):
+            raise MmadError("patchcore: reweight (paper eq. 7) damps the single largest nearest-neighbour distance; use it with topk=0 knn=1")
+        self.topk, self.knn = float(topk), int(knn)
         self.needs_templates = mode == "few-shot"
         self.name = "patchcore" if mode == "full" else "patchcore-fewshot"
         self.bank: np.ndarray | None = None
@@ -165,7 +184,8 @@ class PatchCore(Expert):
 
     def config(self) -> dict:
         return {"backbone": self.backbone, "mode": self.mode, "size": self.size, "coreset_ratio": self.coreset_ratio,
-                "sigma": self.sigma, "foreground": self.foreground, "seed": self.seed, "reweight": self.reweight, "topk": self.topk}
+                "sigma": self.sigma, "foreground": self.foreground, "seed": self.seed, "reweight": self.reweight, "topk": self.topk,
+                "knn": self.knn}
 
     # -- features ------------------------------------------------------------------
     def features(self, images: list[Image.Image]) -> np.ndarray:
@@ -231,15 +251,9 @@ class PatchCore(Expert):
         feats = self.features([image])[0]
         h, w, c = feats.shape
         flat = np.ascontiguousarray(feats.reshape(-1, c))
-        dist, nn = index.search(flat, 1)
-        patch = np.sqrt(np.maximum(dist[:, 0], 0)).reshape(h, w).astype(np.float32)
-        if self.reweight:
-            score = self._reweighted(index, flat, patch.ravel(), nn[:, 0])
-        elif self.topk > 0:
-            n = max(1, int(np.ceil(self.topk * patch.size)))
-            score = float(np.partition(patch.ravel(), patch.size - n)[-n:].mean())
-        else:
-            score = float(patch.max())
+        scores, nn = knn_patch_scores(index, flat, self.knn)
+        patch = scores.reshape(h, w)
+        score = self._reweighted(index, flat, scores, nn) if self.reweight else top_mean(scores, self.topk)
         amap = cv2.resize(patch, (self.size, self.size), interpolation=cv2.INTER_LINEAR)
         if self.sigma > 0:
             k = 2 * int(4 * self.sigma + 0.5) + 1
