@@ -31,16 +31,26 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def make_expert(side: str, size: int, seed: int, options: dict):
+def seed_anomalib(seed: int) -> None:
     import numpy as np
     import torch
 
+    torch.manual_seed(seed)  # anomalib's coreset start: torch's global generator
+    np.random.seed(seed)  # its sparse random projection: sklearn sampling from numpy's global generator
+
+
+def fold_test_normals(n_normals: int, n_test: int, fold: int) -> list[int]:
+    """Indices of the normals tested in `fold`; fold 0 = the last n_test (the standard test normals)."""
+    hi = n_normals - fold * n_test
+    return list(range(hi - n_test, hi))
+
+
+def make_expert(side: str, size: int, seed: int, options: dict):
     from mmad_boost.experts import create_expert
 
     if side == "ours":
         return create_expert("patchcore", size=size, seed=seed, **options)
-    torch.manual_seed(seed)  # anomalib's coreset start: torch's global generator
-    np.random.seed(seed)  # its sparse random projection: sklearn sampling from numpy's global generator
+    seed_anomalib(seed)
     expert = create_expert("anomalib:Patchcore", size=size, coreset_sampling_ratio=0.1)
     expert._build()
     return expert
@@ -68,8 +78,7 @@ def run_one(side: str, category: str, threads: int, size: int, seeds: int, folds
         make_expert(side, size, 0, options)
     result = {"side": side, "category": category, "size": size, "options": options, "standard": [], "folds": []}
     for fold in range(folds):
-        hi = len(normals) - fold * n_test
-        test_idx = set(range(hi - n_test, hi))
+        test_idx = set(fold_test_normals(len(normals), n_test, fold))
         train = [im for i, im in enumerate(normals) if i not in test_idx]
         tests = [(normals[i], None) for i in sorted(test_idx)] + anomalies
         for seed in range(seeds):

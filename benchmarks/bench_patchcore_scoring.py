@@ -27,6 +27,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench_experts import fold_test_normals, seed_anomalib  # noqa: E402  (same folds and seeding)
 
 RULES = [(1, 0.0), (1, 0.01), (1, 0.001), (3, 0.0), (3, 0.01), (3, 0.001)]  # (knn, topk)
 
@@ -39,14 +40,13 @@ def coreset(side: str, flat: np.ndarray, seed: int) -> np.ndarray:
         from mmad_boost.experts.patchcore import greedy_coreset
 
         return greedy_coreset(flat, n, seed=seed)
-    import functools
+    from anomalib.models.components.sampling.k_center_greedy import KCenterGreedy
 
-    import anomalib.models.components.sampling.k_center_greedy as kcg
+    from mmad_boost.experts.anomalib_adapter import _quiet
 
-    kcg.tqdm = functools.partial(kcg.tqdm, disable=True)
-    torch.manual_seed(seed)
-    np.random.seed(seed)
-    return np.array(kcg.KCenterGreedy(torch.from_numpy(np.ascontiguousarray(flat)), 0.1).select_coreset_idxs()[:n])
+    _quiet()  # its progress bar
+    seed_anomalib(seed)
+    return np.array(KCenterGreedy(torch.from_numpy(np.ascontiguousarray(flat)), 0.1).select_coreset_idxs()[:n])
 
 
 def run(category: str, size: int, seeds: int, sides: list[str], cache: Path) -> dict:
@@ -59,14 +59,16 @@ def run(category: str, size: int, seeds: int, sides: list[str], cache: Path) -> 
     from mmad_boost.experts.sample import visa_split
 
     split = visa_split(category)
-    paths = split.train + split.test_normal + [p for p, _ in split.test_anomaly]  # the standard test normals at 20..24
+    normals = split.train + split.test_normal  # the standard test normals last, as in bench_experts.py
+    n_normal, n_test = len(normals), len(split.test_normal)
+    paths = normals + [p for p, _ in split.test_anomaly]
     feats = create_expert("patchcore", size=size).features([Image.open(p).convert("RGB") for p in paths])
     n_img, h, w, c = feats.shape
     results = {}
     for fold in range(5):
-        test_normals = list(range(20 - 5 * fold, 25 - 5 * fold))
-        train = [i for i in range(25) if i not in test_normals]
-        tests = test_normals + list(range(25, n_img))
+        test_normals = fold_test_normals(n_normal, n_test, fold)
+        train = [i for i in range(n_normal) if i not in test_normals]
+        tests = test_normals + list(range(n_normal, n_img))
         flat = feats[train].reshape(-1, c)
         for side in sides:
             for seed in range(seeds):
@@ -82,9 +84,9 @@ def run(category: str, size: int, seeds: int, sides: list[str], cache: Path) -> 
                 for knn, topk in RULES:
                     s = np.array([top_mean(p, topk) for p in patch[knn]])
                     r = results.setdefault((side, knn, topk), {"std": [], "folds": [], "caught": []})
-                    auroc = roc_auc_score([0] * 5 + [1] * (len(tests) - 5), s)
+                    auroc = roc_auc_score([0] * n_test + [1] * (len(tests) - n_test), s)
                     r["folds"].append(auroc)
-                    r["caught"].append(float((s[5:] > s[:5].max()).mean()))
+                    r["caught"].append(float((s[n_test:] > s[:n_test].max()).mean()))
                     if fold == 0:
                         r["std"].append(auroc)
     return results
