@@ -62,7 +62,7 @@ def main() -> int:
                 out = str(Path(tmp) / f"pc-{cat}-{size}")
                 opts = [f"--option=size={size}"] + [f"--option={o}" for o in args.option]
                 cli(["expert", "fit", "--data", data, "--category", f"VisA/{cat}", *opts, "--out", out])
-                base = ["expert", "eval", "--expert-dir", out, "--data", data, "--viz", args.viz, "--json"]
+                base = ["expert", "eval", "--expert", out, "--data", data, "--viz", args.viz, "--json"]
                 faithful = cli_json(base)
                 calibrated = cli_json(base + ["--calibrated"])
                 rows.append({"category": cat, "size": size, "faithful": faithful, "calibrated": calibrated})

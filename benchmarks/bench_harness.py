@@ -157,22 +157,30 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _jpeg_size(root: Path) -> str:
+    first = next(iter(sorted((root / "VisA").glob("*/test/*/*.JPG"))))
+    with Image.open(first) as im:
+        return f"{im.width}x{im.height}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--copies", type=int, default=4, help="repeat VisA's 40 test images this many times (default 4: 160 images, 760 questions)")
     ap.add_argument("--workers", default="1,4,16,64")
     ap.add_argument("--throughput-side", type=int, default=512, help="throughput run on images downscaled to this longer side (0: full 1500x1000)")
+    ap.add_argument("--visa-root", help="VisA-layout root with split_csv/1cls_subset.csv (default: the bundled sample, 512 px; "
+                    "docs/benchmarks.md's overhead figures used the original 1500x1000 VisA JPEGs)")
     ap.add_argument("--json", help="also write the figures to this file")
     args = ap.parse_args()
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     with tempfile.TemporaryDirectory(prefix="bench_harness_") as tmp:
         tmp = Path(tmp)
         # enough questions for 64 workers; downscaled (like the bundled sample) so 2 CPU cores are not the limit
-        root = make_visa_bench(tmp / "data", copies=max(args.copies, 10), max_side=args.throughput_side or None)
-        small = make_visa_bench(tmp / "small", copies=args.copies)
+        root = make_visa_bench(tmp / "data", copies=max(args.copies, 10), max_side=args.throughput_side or None, src=args.visa_root)
+        small = make_visa_bench(tmp / "small", copies=args.copies, src=args.visa_root)
         out = {"overhead": overhead(small, tmp / "o")}
         o = out["overhead"]
-        print(f"overhead, zero-latency model, {o['questions']} questions on {o['images']} VisA images (1500x1000 JPEG, 1-shot)")
+        print(f"overhead, zero-latency model, {o['questions']} questions on {o['images']} VisA images ({_jpeg_size(small)} JPEG, 1-shot)")
         print(f"  mmad-boost Runner : {o['ours_ms_per_q']:.2f} ms/question "
               f"({o['ours_image_loading_ms_per_q']:.2f} image loading, amortised per image; {o['ours_without_loading_ms_per_q']:.2f} everything else)")
         print(f"  MMAD-style loop   : {o['mmad_loop_ms_per_q']:.2f} ms/question")

@@ -138,9 +138,9 @@ def real_retriever(n_images: int = 8) -> dict:
 
     from mmad_boost.retrieval import KnowledgeRetriever
 
-    visa = Path(__file__).resolve().parents[2] / "shared" / "data" / "visa"
-    images = sorted((visa / "capsules" / "Data" / "Images" / "Anomaly").glob("*.JPG"))[: n_images // 2]
-    images += sorted((visa / "fryum" / "Data" / "Images" / "Anomaly").glob("*.JPG"))[: n_images // 2]
+    from mmad_boost import sample
+
+    images = sample.images("capsules", "Anomaly")[: n_images // 2] + sample.images("fryum", "Anomaly")[: n_images // 2]
     t0 = time.perf_counter()
     retriever = KnowledgeRetriever.default()
     retriever.retrieve(mode="image", image=Image.open(images[0]).convert("RGB"))  # builds the reference store once

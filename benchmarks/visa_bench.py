@@ -1,4 +1,5 @@
-"""An MMAD-format benchmark over the real VisA images in ../shared/data/visa (full 1500x1000 JPEGs).
+"""An MMAD-format benchmark over real VisA images: a VisA-layout root (`src`; default the bundled
+sample, 512 px; pass an original VisA copy for its full 1500x1000 JPEGs).
 
 Images are linked (not copied) under MMAD's key layout; `copies` repeats each test image under
 new names to get a larger run. Questions per image follow MMAD's mix: 4 for normal images
@@ -12,7 +13,6 @@ import os
 import random
 from pathlib import Path
 
-VISA = Path(__file__).resolve().parents[2] / "shared" / "data" / "visa"
 
 
 def _q(text, options, answer, qtype):
@@ -35,12 +35,16 @@ def questions(category: str, bad: bool) -> list[dict]:
     return qs
 
 
-def make_visa_bench(root: str | Path, copies: int = 1, seed: int = 0, max_side: int | None = None) -> Path:
+def make_visa_bench(root: str | Path, copies: int = 1, seed: int = 0, max_side: int | None = None, src: str | Path | None = None) -> Path:
     """Writes the tree and mmad.json under root (idempotent); returns root.
 
     max_side: store images downscaled so the longer side is at most this (masks: nearest), not linked.
+    src: the VisA-layout root with split_csv/1cls_subset.csv (default: the bundled sample).
     """
+    from mmad_boost.sample import root as sample_root
+
     root = Path(root)
+    VISA = Path(src) if src else sample_root()
     rng = random.Random(seed)
     rows = list(csv.DictReader(open(VISA / "split_csv" / "1cls_subset.csv")))
     data = {}
@@ -48,7 +52,7 @@ def make_visa_bench(root: str | Path, copies: int = 1, seed: int = 0, max_side: 
     for r in rows:
         if r["split"] == "train":
             key = f"VisA/{r['object']}/train/good/{Path(r['image']).name}"
-            _link(VISA / r["image"], root / key, max_side, root)
+            _link(VISA / r["image"], root / key, max_side, root, VISA)
             train.setdefault(r["object"], []).append(key)
     for c in range(copies):
         for r in rows:
@@ -57,11 +61,11 @@ def make_visa_bench(root: str | Path, copies: int = 1, seed: int = 0, max_side: 
             bad = r["label"] != "normal"
             name = f"{c:02d}_{Path(r['image']).name}"
             key = f"VisA/{r['object']}/test/{'bad' if bad else 'good'}/{name}"
-            _link(VISA / r["image"], root / key, max_side, root)
+            _link(VISA / r["image"], root / key, max_side, root, VISA)
             mask = ""
             if bad and r["mask"]:
                 mask = f"ground_truth/bad/{Path(name).stem}.png"
-                _link(VISA / r["mask"], root / "VisA" / r["object"] / mask, max_side, root)
+                _link(VISA / r["mask"], root / "VisA" / r["object"] / mask, max_side, root, VISA)
             pool = list(train[r["object"]])
             rng.shuffle(pool)
             data[key] = {
@@ -75,15 +79,15 @@ def make_visa_bench(root: str | Path, copies: int = 1, seed: int = 0, max_side: 
     return root
 
 
-def _link(src: Path, dst: Path, max_side: int | None, root: Path) -> None:
+def _link(src: Path, dst: Path, max_side: int | None, root: Path, visa: Path) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
     if not dst.exists():
-        os.symlink(_scaled(src, max_side, root / "_scaled") if max_side else src, dst)
+        os.symlink(_scaled(src, max_side, root / "_scaled", visa) if max_side else src, dst)
 
 
-def _scaled(src: Path, max_side: int, cache: Path) -> Path:
+def _scaled(src: Path, max_side: int, cache: Path, visa: Path) -> Path:
     """A downscaled copy of src, made once and shared by every key that links to it."""
-    out = cache / src.relative_to(VISA)
+    out = cache / src.relative_to(visa)
     if out.exists():
         return out
     from PIL import Image

@@ -20,6 +20,7 @@ from .prompt import Prompt, Query, build_prompt
 
 RETRIEVAL_MODES = ("oracle", "image")
 STYLES = ("bbox", "contour", "highlight", "mask", "heatmap")
+EVIDENCE = ("picture", "text", "both")  # how a calibrated expert's verdict reaches the prompt
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 # experts fitted per category, shared by every BoostedModel of the process (fitting takes seconds to minutes)
 _FITTED: dict[tuple, Any] = {}
@@ -36,7 +37,10 @@ class BoostedModel(MLLM):
         its category), or None: oracle when the category is known, image otherwise (by hand).
     expert: None, a name (`patchcore`, `patchcore-fewshot`, `gt`, `anomalyclip`, `anomalib:<Model>`),
         an expert object, or a fitted expert folder (`mmad-boost expert fit`).
+    viz: how the expert's map is drawn, one of STYLES (CLI: --viz; the old keyword `visualization` still works).
     calibrated: draw only what the expert believes (nothing on images it judges normal).
+    kb: the knowledge base, a folder from `mmad-boost kb build` or a knowledge folder/.toml file
+        (CLI: --kb; the old keyword `knowledge` still works).
     """
 
     def __init__(
@@ -45,36 +49,52 @@ class BoostedModel(MLLM):
         rag: Any = False,
         retrieval: str | None = None,
         expert: Any = None,
-        visualization: str = "bbox",
+        viz: str = "bbox",
         calibrated: bool = False,
         *,
-        knowledge: str | os.PathLike | None = None,
+        kb: str | os.PathLike | None = None,
         mmad_knowledge: str | os.PathLike | None = None,
         expert_options: dict | None = None,
         cache_dir: str | os.PathLike | None = None,
-        holdout: float = 0.25,
+        holdout: float | None = None,
+        false_marks: float | None = None,
+        evidence: str = "picture",
         save_pictures: bool = True,
+        visualization: str | None = None,
+        knowledge: str | os.PathLike | None = None,
     ):
+        viz = _renamed("visualization", visualization, "viz", viz, "bbox")
+        kb = _renamed("knowledge", knowledge, "kb", kb, None)
         self.base = as_model(base)
         if isinstance(rag, str) and rag in RETRIEVAL_MODES:
             rag, retrieval = True, retrieval or rag
         if retrieval is not None and retrieval not in RETRIEVAL_MODES:
             raise MmadError(f"retrieval {retrieval!r}: use one of {', '.join(RETRIEVAL_MODES)}")
-        if visualization not in STYLES:
-            raise MmadError(f"visualization {visualization!r}: use one of {', '.join(STYLES)}")
+        if viz not in STYLES:
+            raise MmadError(f"viz {viz!r} (the drawing style, formerly visualization): use one of {', '.join(STYLES)}")
         self.retrieval = retrieval
-        self.visualization = visualization
+        self.viz = viz
         self.calibrated = bool(calibrated)
         self.expert_options = dict(expert_options or {})
         self.cache_dir = Path(cache_dir) if cache_dir else None
-        if not 0 < float(holdout) < 1:
-            raise MmadError(f"holdout {holdout}: use the fraction (between 0 and 1) of each category's normal images kept for calibration")
-        self.holdout = float(holdout)
+        if holdout is not None and not 0 < float(holdout) < 1:
+            raise MmadError(f"holdout {holdout}: use the fraction (between 0 and 1) of each category's normal images kept for calibration, or None (all normals, each scored unseen)")
+        self.holdout = None if holdout is None else float(holdout)
+        from .experts.base import check_false_marks
+
+        self.false_marks = None if false_marks is None else check_false_marks(false_marks)
+        if evidence not in EVIDENCE:
+            raise MmadError(f"evidence {evidence!r}: use one of {', '.join(EVIDENCE)} (how the expert's verdict reaches the prompt)")
+        if evidence != "picture" and not calibrated:
+            raise MmadError(f"evidence {evidence!r} needs calibrated=True (CLI: --calibrated): faithful mode sends MMAD's picture only")
+        self.evidence = evidence
         self.save_pictures = save_pictures
-        self.retriever, self._rag_source = _make_retriever(rag, knowledge, mmad_knowledge)
+        self.retriever, self._rag_source = _make_retriever(rag, kb, mmad_knowledge)
         if self.retriever is None and retrieval is not None:
             raise MmadError("retrieval mode given without rag: pass rag=True (CLI: --rag)")
         self._expert_fixed, self._expert_name, self._expert_source = _resolve_expert(expert)
+        if self._expert_fixed is not None:
+            self._apply_false_marks(self._expert_fixed)
         self._expert_dir = _per_category_folder(expert)
         if self.calibrated and not self._expert_source:
             raise MmadError("calibrated=True needs an expert: pass expert=... (CLI: --expert NAME --calibrated)")
@@ -85,17 +105,24 @@ class BoostedModel(MLLM):
         self.last_trace: dict = {}
         self.name = self._make_name()
 
+    @property
+    def visualization(self) -> str:  # the old name of `viz`
+        return self.viz
+
     # -- identity --------------------------------------------------------------
     def _make_name(self) -> str:
         parts = [getattr(self.base, "name", type(self.base).__name__)]
         if self.retriever is not None:
             parts.append(f"rag-{self.retrieval or 'auto'}")
         if self._expert_source:
-            parts.append(f"{self._expert_source}-{self.visualization}" + ("-calibrated" if self.calibrated else ""))
+            parts.append(f"{self._expert_source}-{self.viz}" + ("-calibrated" if self.calibrated else "")
+                         + ("" if self.evidence == "picture" else f"-{self.evidence}"))
         return "+".join(parts)
 
     def config(self) -> dict:
-        base_cfg = self.base.config() if callable(getattr(self.base, "config", None)) else {"name": getattr(self.base, "name", type(self.base).__name__)}
+        from .models.base import model_config
+
+        base_cfg = model_config(self.base)
         cfg: dict = {"name": "boosted", "base": base_cfg, "rag": None, "expert": None}
         if self.retriever is not None:
             ident = getattr(self.retriever, "config", None)
@@ -105,10 +132,14 @@ class BoostedModel(MLLM):
         if self._expert_source:
             cfg["expert"] = {
                 "source": self._expert_source,
-                "style": self.visualization,
+                "style": self.viz,
                 "mode": "calibrated" if self.calibrated else "faithful",
                 "options": {k: str(v) for k, v in sorted(self.expert_options.items())},
             }
+            if self.false_marks is not None:  # only when set: runs from before these options keep their identity
+                cfg["expert"]["false_marks"] = self.false_marks
+            if self.evidence != "picture":
+                cfg["expert"]["evidence"] = self.evidence
             if self._expert_fixed is not None and getattr(self._expert_fixed, "state_id", None):
                 cfg["expert"]["state_id"] = str(self._expert_fixed.state_id)
         return cfg
@@ -189,7 +220,7 @@ class BoostedModel(MLLM):
 
     # -- expert ----------------------------------------------------------------
     def _add_expert_picture(self, q: Query, category_hint: tuple | None, timings: dict) -> None:
-        from .rendering import render
+        from .rendering import drawing_options, render
 
         info = q.info
         t0 = time.perf_counter()
@@ -216,22 +247,28 @@ class BoostedModel(MLLM):
         shown = render(
             q.image,
             out.map,
-            self.visualization,
+            self.viz,
             mode="calibrated" if self.calibrated else "faithful",
-            is_gt=bool(getattr(expert, "needs_mask", False)),
             pixel_threshold=out.pixel_threshold,
             decision=out.decision,
-            resample=getattr(expert, "resample", None),
+            **drawing_options(expert),  # ground truth or not, map resizing, normalisation, GrabCut foreground
         )
         timings["render_s"] = round(time.perf_counter() - t0, 4)
         q.expert_image, q.expert_sentence = shown.image, shown.sentence
+        if self.evidence != "picture":  # calibrated only (checked at construction)
+            from .evidence import verdict_text
+
+            q.expert_text = verdict_text(out.score, getattr(expert, "image_threshold", None), out.decision, shown.region)
+            if self.evidence == "text":
+                q.expert_image, q.expert_sentence = None, None
         q.trace["expert"] = {
             "name": getattr(expert, "name", type(expert).__name__),
             "mode": "calibrated" if self.calibrated else "faithful",
-            "style": self.visualization,
+            "style": self.viz,
             "score": _num(out.score),
             "decision": None if out.decision is None else bool(out.decision),
             "marked": bool(shown.marked),
+            "evidence": self.evidence,
             "picture": self._save_picture(q, shown.image),
         }
 
@@ -304,8 +341,14 @@ class BoostedModel(MLLM):
                 found += sorted(p.parent for p in self._expert_dir.glob("*/expert.json") if p.parent.name.lower() in names)
                 if not found:
                     raise MmadError(f"{self._expert_dir}: no fitted expert for {key[0]}/{key[1]}; fit one with `mmad-boost expert fit --category {key[0]}/{key[1]} --out {self._expert_dir / str(key[0]) / key[1]}`")
-                self._per_category[key] = load_expert(found[0])
+                self._per_category[key] = self._apply_false_marks(load_expert(found[0]))
             return self._per_category[key]
+
+    def _apply_false_marks(self, expert):
+        """A loaded or cached expert moved to this model's target rate (from its stored normal scores)."""
+        if self.false_marks is not None and getattr(expert, "normals", None) is not None and expert.normals.false_marks != self.false_marks:
+            expert.set_false_marks(self.false_marks)
+        return expert
 
     def _probe_expert(self):
         with self._guard:
@@ -333,7 +376,7 @@ class BoostedModel(MLLM):
         from .data import load_rgb
         from .experts import create_expert, load_expert
 
-        key = (self._expert_name, repr(sorted(self.expert_options.items())), self.holdout, str(root.resolve()), dataset, category)
+        key = (self._expert_name, repr(sorted(self.expert_options.items())), self.holdout, self.false_marks, str(root.resolve()), dataset, category)
         with _FITTED_GUARD:
             lock = _FITTED_LOCKS.setdefault(key, threading.Lock())
         with lock:
@@ -343,43 +386,67 @@ class BoostedModel(MLLM):
             expert = _FITTED.get(key) or (load_expert(cache) if cached else None)
             if expert is None or (self.calibrated and getattr(expert, "image_threshold", None) is None):
                 expert, cached = self._fit_new(root / dataset / category / "train" / "good", load_rgb, create_expert), False
+            self._apply_false_marks(expert)
             if cache is not None and not cached and callable(getattr(expert, "save", None)):
                 expert.save(cache)  # a resumed run in a new process loads it instead of refitting
             _FITTED[key] = expert
             return expert
 
     def _fit_new(self, folder: Path, load_rgb, create_expert):
-        from .experts.base import fit_and_calibrate, holdout_split, learns_from_normals
+        from .experts.base import DEFAULT_FALSE_MARKS, fit_and_calibrate, holdout_split, learns_from_normals
 
         files = sorted(f for f in folder.iterdir() if f.suffix.lower() in _IMAGE_SUFFIXES) if folder.is_dir() else []
         expert = create_expert(self._expert_name, **self.expert_options)
-        fit_files, cal_files = holdout_split(files, self.holdout)
-        if (learns_from_normals(expert) and not fit_files) or (self.calibrated and not cal_files):
+        fit_files, cal_files = holdout_split(files, self.holdout) if self.holdout is not None else (files, [])
+        if (learns_from_normals(expert) and not fit_files) or (self.calibrated and len(fit_files) + len(cal_files) < 2):
             need = "at least 2, to fit and calibrate" if self.calibrated else "at least 1"
             raise MmadError(f"{folder}: expert {self._expert_name} needs normal training images here ({need}); add them or pass a fitted expert folder")
-        return fit_and_calibrate(expert, [load_rgb(f) for f in fit_files], [load_rgb(f) for f in cal_files])
+        from .progress import enabled, stage
+
+        steps = {}
+        if enabled():  # the expert's own steps (features, coreset, calibration) with time left
+            from .experts.cli import Progress
+
+            steps["progress"] = Progress()
+        what = f"fitting expert {self._expert_name} for {folder.parent.parent.parent.name}/{folder.parent.parent.name} (once per category; kept for reruns)"
+        with stage(what, kind=f"fit:{self._expert_name}", units=len(fit_files) + len(cal_files), unit="normal images"):
+            return fit_and_calibrate(expert, [load_rgb(f) for f in fit_files], [load_rgb(f) for f in cal_files],
+                                     false_marks=self.false_marks or DEFAULT_FALSE_MARKS, **steps)
 
     # -- CLI -------------------------------------------------------------------
     @classmethod
     def from_cli(cls, base: Any, args) -> "BoostedModel":
-        """The eval flags --rag --knowledge --mmad-knowledge --retrieval --expert --viz --calibrated."""
-        knowledge = getattr(args, "knowledge", None)
+        """The eval flags --rag --kb --mmad-knowledge --retrieval --expert --viz --calibrated."""
+        from .cli import check_boost_flags
+
+        check_boost_flags(args)
+        kb = getattr(args, "kb", None)
         mmad_knowledge = getattr(args, "mmad_knowledge", None)
-        rag = bool(getattr(args, "rag", False) or knowledge or mmad_knowledge)
-        if getattr(args, "retrieval", None) and not rag:
-            raise MmadError("--retrieval needs --rag")
-        if getattr(args, "calibrated", False) and not getattr(args, "expert", None):
-            raise MmadError("--calibrated needs --expert NAME")
+        rag = bool(getattr(args, "rag", False) or kb or mmad_knowledge)
         return cls(
             base,
             rag=rag,
             retrieval=getattr(args, "retrieval", None),
             expert=getattr(args, "expert", None),
-            visualization=getattr(args, "viz", None) or "bbox",
+            viz=getattr(args, "viz", None) or "bbox",
             calibrated=bool(getattr(args, "calibrated", False)),
-            knowledge=knowledge,
+            false_marks=getattr(args, "false_marks", None),
+            evidence=getattr(args, "evidence", None) or "picture",
+            kb=kb,
             mmad_knowledge=mmad_knowledge,
         )
+
+
+def _renamed(old: str, old_value, new: str, new_value, default):
+    """A keyword renamed for one name per concept: the old one works, with a DeprecationWarning."""
+    if old_value is None:
+        return new_value
+    import warnings
+
+    warnings.warn(f"BoostedModel({old}=...) is deprecated; use {new}=... (the name the CLI and docs use)", DeprecationWarning, stacklevel=3)
+    if new_value != default and new_value != old_value:
+        raise MmadError(f"BoostedModel: {old}= and {new}= disagree ({old_value!r} vs {new_value!r}); pass only {new}=")
+    return old_value
 
 
 def _make_retriever(rag: Any, knowledge, mmad_knowledge) -> tuple[Any, str | None]:

@@ -5,8 +5,10 @@ Format: protocol doc §1. Keys are image paths relative to the data root,
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import random
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -27,6 +29,36 @@ QUESTION_TYPES = (
     "Object Details",
 )
 LETTERS = "ABCDE"
+# short names for --type (and Benchmark.select(types=...)); any unambiguous prefix works too
+QUESTION_TYPE_ALIASES = {
+    "anomaly": "Anomaly Detection",
+    "defect-class": "Defect Classification",
+    "defect-loc": "Defect Localization",
+    "defect-desc": "Defect Description",
+    "defect-analysis": "Defect Analysis",
+    "object-class": "Object Classification",
+    "object-structure": "Object Structure",
+    "object-details": "Object Details",
+}
+
+
+def question_type(text: str) -> str:
+    """The long question-type name for a long name, a short alias or an unambiguous prefix of
+    either (case-insensitive; spaces, '-' and '_' alike)."""
+    def norm(t: str) -> str:
+        return "-".join(t.lower().replace("_", " ").replace("-", " ").split())
+
+    want = norm(text)
+    names = {norm(t): t for t in QUESTION_TYPES} | {norm(a): t for a, t in QUESTION_TYPE_ALIASES.items()}
+    if want in names:
+        return names[want]
+    hits = sorted({t for n, t in names.items() if want and n.startswith(want)})
+    if len(hits) == 1:
+        return hits[0]
+    choices = ", ".join(QUESTION_TYPE_ALIASES)
+    if hits:
+        raise MmadError(f"question type {text!r} is ambiguous ({', '.join(hits)}); use one of {choices}")
+    raise MmadError(f"unknown question type {text!r}; use one of {choices} (or the long names, e.g. 'Anomaly Detection')")
 
 
 @dataclass(frozen=True)
@@ -97,6 +129,18 @@ def _field(path: Path, key: str, value: dict, name: str, kind, default=None):
     return v
 
 
+_LETTER_SET = frozenset(LETTERS)
+
+
+def _paths(path: Path, key: str, value: dict, name: str) -> list[str]:
+    """A list of image paths (templates): every entry a non-empty string."""
+    items = _field(path, key, value, name, list, [])
+    for j, item in enumerate(items):
+        if not isinstance(item, str) or not item:
+            raise MmadError(f"{path}: image {key!r} field {name!r} entry {j} must be a path string, got {type(item).__name__}")
+    return list(items)
+
+
 def parse_question(path: Path, key: str, i: int, q) -> Question:
     where = f"{path}: image {key!r} question {i}"
     if not isinstance(q, dict):
@@ -108,11 +152,13 @@ def parse_question(path: Path, key: str, i: int, q) -> Question:
     if not isinstance(opts, dict) or not opts:
         raise MmadError(f"{where}: 'Options' must be a non-empty object like {{\"A\": \"Yes\", \"B\": \"No\"}}")
     for letter, text in opts.items():
-        if letter not in LETTERS or not isinstance(text, str):
-            raise MmadError(f"{where}: option {letter!r} must be a letter A-E with a text value")
+        if letter not in _LETTER_SET or not isinstance(text, str):  # a set, not a substring test: "AB" and "" are refused
+            raise MmadError(f"{where}: option {letter!r} must be one letter A-E with a text value")
     if not isinstance(q["Question"], str):
         raise MmadError(f"{where}: 'Question' must be a string")
     ans = q["Answer"]
+    if not isinstance(ans, str):
+        raise MmadError(f"{where}: 'Answer' must be a letter string like \"A\", got {type(ans).__name__}")
     if ans not in opts:
         raise MmadError(f"{where}: answer {ans!r} is not among the options {sorted(opts)}; fix 'Answer'")
     qtype = q.get("type", "")
@@ -141,8 +187,8 @@ def parse_samples(raw, path: Path) -> list[Sample]:
                 key=key,
                 questions=[parse_question(path, key, i, q) for i, q in enumerate(conv)],
                 mask_path=mask,
-                similar_templates=list(_field(path, key, value, "similar_templates", list, [])),
-                random_templates=list(_field(path, key, value, "random_templates", list, [])),
+                similar_templates=_paths(path, key, value, "similar_templates"),
+                random_templates=_paths(path, key, value, "random_templates"),
             )
         )
     return samples
@@ -212,8 +258,13 @@ class Benchmark:
         subset: int | None = None,
         seed: int = 0,
     ) -> list[tuple[Sample, Question]]:
-        """Questions to ask, in file order (a seeded random subset when `subset` is given)."""
-        ds, cats, tps = (set(x) if x else None for x in (datasets, categories, types))
+        """Questions to ask, in file order (a seeded random subset when `subset` is given).
+
+        `limit` takes the first N questions of the images in a stratified order (see
+        `stratified`), so a small limit still holds normal and defective images of every dataset.
+        """
+        ds, cats = (set(x) if x else None for x in (datasets, categories))
+        tps = {question_type(t) for t in types} if types else None
         items = []
         for s in self.samples:
             if ds and s.dataset not in ds:
@@ -228,8 +279,44 @@ class Benchmark:
             picked = sorted(random.Random(seed).sample(range(len(items)), subset))
             items = [items[i] for i in picked]
         if limit is not None:
-            items = items[:limit]
+            items = stratified(items)[:limit]
         return items
+
+
+def stratified(items: list[tuple["Sample", "Question"]]) -> list[tuple["Sample", "Question"]]:
+    """The same questions, image by image (each image's questions together, in file order), the
+    images in turn: each dataset in turn, within it each (category, normal/defective) group in turn.
+    A prefix of this order is what `--limit` takes; a longer limit extends a shorter one's prefix."""
+    by_image: dict[str, list] = {}
+    for s, q in items:
+        by_image.setdefault(s.key, []).append((s, q))
+    groups: dict[str, dict[tuple, list]] = {}
+    for key, qs in by_image.items():
+        s = qs[0][0]
+        groups.setdefault(s.dataset, {}).setdefault((s.category, not s.is_normal), []).append(qs)
+    per_dataset = [_round_robin([g[k] for k in sorted(g)]) for g in groups.values()]
+    return [item for image in _round_robin(per_dataset) for item in image]
+
+
+def _round_robin(sequences: list[list]) -> list:
+    out, i = [], 0
+    while any(i < len(seq) for seq in sequences):
+        out.extend(seq[i] for seq in sequences if i < len(seq))
+        i += 1
+    return out
+
+
+def describe_selection(items: list[tuple["Sample", "Question"]]) -> str:
+    """What a selection holds, e.g. '10 questions of 3 images (2 normal, 1 defective; VisA 3)'."""
+    images: dict[str, Sample] = {}
+    for s, _ in items:
+        images.setdefault(s.key, s)
+    normal = sum(s.is_normal for s in images.values())
+    per_ds: dict[str, int] = {}
+    for s in images.values():
+        per_ds[s.dataset] = per_ds.get(s.dataset, 0) + 1
+    return (f"{len(items)} questions of {len(images)} images ({normal} normal, {len(images) - normal} defective; "
+            + ", ".join(f"{d} {n}" for d, n in per_ds.items()) + ")")
 
 
 def load_question_file(path: Path) -> list[Sample]:
@@ -241,6 +328,10 @@ def load_question_file(path: Path) -> list[Sample]:
         raise MmadError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}); fix or regenerate the file") from None
     except UnicodeDecodeError:
         raise MmadError(f"{path}: not UTF-8 text; save the question file as UTF-8 JSON") from None
+    except RecursionError:
+        raise MmadError(f"{path}: nested too deeply to be a question file; fix or regenerate the file") from None
+    except OSError as e:
+        raise MmadError(f"question file {path} cannot be read ({e.strerror}); check its permissions") from None
     return parse_samples(raw, path)
 
 
@@ -269,27 +360,37 @@ def load_rgb(path: Path) -> Image.Image:
         raise MmadError(f"image {path} cannot be read ({type(e).__name__}: {e}); replace the file") from None
 
 
-_COMPLETE_ENDINGS = {"PNG": b"IEND\xaeB`\x82", "JPEG": b"\xff\xd9"}
-
-
 def check_image_file(path: Path) -> None:
-    """Cheap up-front check (header and file end) so a bad image stops a run before it starts."""
-    size = _require_image_file(path)
+    """Up-front check that decodes the whole image, so a damaged file (truncated, corrupted in the
+    middle, a decompression bomb) stops a run before it starts rather than halfway through."""
+    _require_image_file(path)
     try:
-        with Image.open(path) as im:
-            fmt = im.format
-            ending = _COMPLETE_ENDINGS.get(fmt)
-            if ending is None:
-                return
-            with open(path, "rb") as f:
-                f.seek(max(0, size - 64))
-                if ending in f.read():
-                    return
-            im.load()  # no end marker where expected: decode fully (trailing bytes after it are legal)
+        with _strict_decoding(), Image.open(path) as im:
+            im.load()  # every format PIL reads; a truncated file raises instead of being padded
     except Exception as e:  # PIL raises many types for bad files
-        if "truncated" in str(e) or isinstance(e, EOFError):
+        text = str(e)
+        if "truncated" in text or isinstance(e, EOFError):
             raise MmadError(f"image {path} is truncated (the file ends early); replace it with the complete file") from None
-        raise MmadError(f"image {path} cannot be read ({type(e).__name__}: {e}); replace the file") from None
+        raise MmadError(f"image {path} cannot be read ({type(e).__name__}: {' '.join(text.split())[:200]}); replace the file") from None
+
+
+_TRUNCATION_GUARD = threading.Lock()
+
+
+@contextlib.contextmanager
+def _strict_decoding():
+    """Libraries may set PIL's global LOAD_TRUNCATED_IMAGES (pad short files silently); checks never do."""
+    from PIL import ImageFile
+
+    if not ImageFile.LOAD_TRUNCATED_IMAGES:
+        yield
+        return
+    with _TRUNCATION_GUARD:
+        ImageFile.LOAD_TRUNCATED_IMAGES = False
+        try:
+            yield
+        finally:
+            ImageFile.LOAD_TRUNCATED_IMAGES = True
 
 
 def to_rgb(im: Image.Image) -> Image.Image:

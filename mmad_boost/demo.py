@@ -16,7 +16,6 @@ from typing import Any, Callable
 
 from .errors import MmadError
 
-SAMPLE = Path(__file__).resolve().parent / "sample" / "visa"
 QUICK_QUESTIONS = 48  # --quick: a seeded subset of the questions, plain and first boost only
 
 
@@ -59,10 +58,9 @@ def base_model_spec() -> tuple[str, str | None]:
 
 def build_sample_bench(out: Path, *, seed: int = 0):
     from .builder import build_benchmark
+    from .resources import sample_root
 
-    if not (SAMPLE / "split_csv").is_dir():
-        raise MmadError(f"{SAMPLE}: the bundled sample is missing; reinstall mmad-boost or run scripts/make_sample.py")
-    return build_benchmark(SAMPLE, out, layout="visa", seed=seed)
+    return build_benchmark(sample_root(), out, layout="visa", seed=seed)
 
 
 def run_demo(
@@ -138,19 +136,24 @@ def _report(out: Path, done: dict[str, Path], log) -> str:
     log(f"per-run report and heatmap: {out / 'runs'}/<run>/report.md, heatmap.png")
     log(f"comparison: {out / 'comparison.md'}" + (f", {plot}" if plot else "") + f"; radar: {out / 'radar.png'}")
     from .html_report import write_html_report
+    from .progress import enabled
 
-    log(f"browsable report of every answer: {write_html_report(dirs, out)} (open it in a browser)")
+    log(f"browsable report of every answer: {write_html_report(dirs, out, progress=enabled())} (open it in a browser)")
     return table
 
 
 def register_cli(sub) -> None:
     p = sub.add_parser("demo", help="offline demo on the bundled VisA sample: build, evaluate plain and boosted, compare")
-    p.add_argument("--out", default="demo_out", help="output folder (default ./demo_out; rerunning resumes)")
+    p.add_argument("--out", default="demo_out", help="output folder (default demo_out, in the working directory; rerunning resumes)")
     p.add_argument("--quick", action="store_true", help=f"only {QUICK_QUESTIONS} questions, plain and with RAG")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars or stage messages, also none from libraries (default: shown)")
     p.set_defaults(func=cmd_demo)
 
 
 def cmd_demo(args) -> int:
-    run_demo(args.out, quick=args.quick, progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr if m.startswith(("note", "skipped")) else sys.stdout))
+    result = run_demo(args.out, quick=args.quick, progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr if m.startswith(("note", "skipped")) else sys.stdout))
+    if result["skipped"]:  # a promised row is missing from the table: not a success
+        missing = "; ".join(f"{name}: {reason}" for name, reason in result["skipped"].items())
+        print(f"error: demo: {len(result['skipped'])} of its rows could not run ({missing}); the other rows are in {args.out}", file=sys.stderr)
+        return 2
     return 0

@@ -22,11 +22,11 @@ from pathlib import Path
 from urllib.parse import quote
 
 from .errors import MmadError
+from .resources import html_assets
 
 FILES_DIR = "report_files"
 PAGE_SIZE = 50
 MAX_RESPONSE_CHARS = 20000  # a runaway generation must not bloat the page
-_ASSETS = Path(__file__).with_name("html_assets")
 _LETTERS = set("ABCDE")
 
 
@@ -50,13 +50,18 @@ def _load_run(run_dir: Path, data_root: Path | None) -> _Run:
     meta = {}
     run_file = run_dir / "run.json"
     if run_file.exists():
-        try:
-            meta = json.loads(run_file.read_text(encoding="utf-8"))
-        except json.JSONDecodeError:
-            raise MmadError(f"{run_file} is not valid JSON; restore it or rerun `mmad-boost eval`") from None
-    root = data_root or (Path(meta["data_root"]) if meta.get("data_root") else None)
+        from .records import read_run_file
+
+        meta = read_run_file(run_file)  # one line naming the file when it is not the expected object
+    root = data_root or (Path(meta["data_root"]) if isinstance(meta.get("data_root"), str) and meta["data_root"] else None)
     records = latest_records(run_records(run_dir))
-    return _Run(run_dir, run_dir.name, meta.get("identity", {}), root, records, score_records(records))
+    if not records:
+        raise MmadError(f"{run_dir}: the run holds no records yet, so there is nothing to report; run `mmad-boost eval --out {run_dir}` first")
+    from .uncertainty import score_intervals
+
+    scores = score_records(records)
+    scores.intervals = score_intervals(records)  # 95 % bootstrap intervals over images, shown under each value
+    return _Run(run_dir, run_dir.name, meta.get("identity", {}), root, records, scores)
 
 
 def _unique_names(runs: list[_Run]) -> None:
@@ -126,18 +131,16 @@ class _Images:
         names = [self._thumb_name(src, px) for src, _, px in self.sources]
         todo = [i for i, n in enumerate(names) if not (self.files_dir / n).exists()]
         ok = [True] * len(names)
-        bar = None
-        if progress and len(todo) > 200:
-            from tqdm import tqdm
+        from .progress import bar as progress_bar, say
 
-            bar = tqdm(total=len(todo), unit="img", desc="thumbnails", file=sys.stderr)
+        if progress and todo:
+            say(f"report: making {len(todo)} thumbnails ({len(names) - len(todo)} reused from earlier reports)")
+        bar = progress_bar(len(todo), "thumbnails", "img", enabled_here=progress and len(todo) > 20)  # rate and time left
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             for i, good in zip(todo, pool.map(lambda i: self._make_thumb(self.sources[i][0], self.files_dir / names[i], self.sources[i][2]), todo)):
                 ok[i] = good
-                if bar:
-                    bar.update(1)
-        if bar:
-            bar.close()
+                bar.update(1)
+        bar.close()
         out = []
         for (src, label, _), name, good in zip(self.sources, names, ok):
             if not good:
@@ -283,14 +286,26 @@ def _questions(runs: list[_Run], images: _Images) -> list[dict]:
 
 
 # -- the static top of the page -----------------------------------------------
-def _scores_table(rows: dict, columns, labels) -> str:
+def _ci(intervals, row: str, col: str, delta: bool = False) -> str:
+    """The 95 % interval under a value (or a delta's paired interval, `*` when it excludes zero)."""
+    b = intervals.get(row, col) if intervals is not None else None
+    if b is None:
+        return ""
+    if delta:
+        star = "*" if (b[0] > 0 or b[1] < 0) else ""
+        tip = "paired 95 % interval of the delta" + (": excludes zero" if star else ": spans zero (within noise)")
+        return f'<br><span class="ci" title="{tip}">[{b[0]:+.1f}, {b[1]:+.1f}]{star}</span>'
+    return f'<br><span class="ci" title="95 % bootstrap interval over images">[{b[0]:.1f}, {b[1]:.1f}]</span>'
+
+
+def _scores_table(rows: dict, columns, labels, intervals=None) -> str:
     from .reports import fmt
 
     head = "".join(f"<th>{html.escape(labels.get(c, c))}</th>" for c in columns)
     body = []
     for name, row in rows.items():
         cls = ' class="avg"' if name == "Average" else ""
-        cells = "".join(f"<td>{fmt(row.get(c), c)}</td>" for c in columns)
+        cells = "".join(f"<td>{fmt(row.get(c), c)}{_ci(intervals, name, c)}</td>" for c in columns)
         body.append(f"<tr{cls}><td>{html.escape(name)}</td>{cells}</tr>")
     return f'<table class="scores"><tr><th>dataset</th>{head}</tr>{"".join(body)}</table>'
 
@@ -299,22 +314,26 @@ def _summary_table(runs: list[_Run], questions: list[dict]) -> str:
     from .reports import SHORT, fmt
     from .scoring import SUBTASKS
 
-    cols = SUBTASKS + ("Average",)
+    cols = ("Average",) + SUBTASKS  # Avg first: the one number per run is never off screen
     head = "".join(f"<th>{SHORT[c]}</th>" for c in cols)
     extra = "<th>parse failures</th><th>errors</th><th>questions</th>"
     if len(runs) > 1:
         extra += "<th>fixed vs run 1</th><th>broke vs run 1</th>"
+    from .uncertainty import paired_delta_intervals
+
     base = runs[0].scores.rows.get("Average", {})
     body = []
     for i, run in enumerate(runs):
         avg = run.scores.rows.get("Average", {})
+        paired = paired_delta_intervals(runs[0].records, run.records) if i else None
         cells = []
         for c in cols:
             v, b = avg.get(c), base.get(c)
             delta = ""
             if i > 0 and v is not None and b is not None and abs(v - b) >= 0.005:
                 delta = f' <span class="{"up" if v > b else "down"}">({v - b:+.2f})</span>'
-            cells.append(f"<td>{fmt(v)}{delta}</td>")
+            ci = _ci(paired, "Average", c, delta=True) if i else _ci(run.scores.intervals, "Average", c)
+            cells.append(f"<td>{fmt(v)}{delta}{ci}</td>")
         cells += [f"<td>{fmt(avg.get(c), c)}</td>" for c in ("Parse Failures", "Errors", "Questions")]
         if len(runs) > 1:
             fixed = sum(q["ch"][i] == "fixed" for q in questions) if i else 0
@@ -325,11 +344,18 @@ def _summary_table(runs: list[_Run], questions: list[dict]) -> str:
         if model:
             label += f' <span class="meta">({html.escape(f"{model}, {setting}")})</span>'
         body.append(f"<tr><td>{label}</td>{''.join(cells)}</tr>")
-    return f'<div class="tablewrap"><table class="scores"><tr><th>run</th>{head}{extra}</tr>{"".join(body)}</table></div>'
+    return f'<div class="tablewrap"><table class="scores summary"><tr><th>run</th>{head}{extra}</tr>{"".join(body)}</table></div>'
 
 
 def _img(src: str | None, alt: str) -> str:
     return "" if not src else f'<img src="{src}" alt="{html.escape(alt)}" title="{html.escape(alt)}">'
+
+
+def _link_img(src: str | None, alt: str, cls: str, caption: str | None = None) -> str:
+    if not src:
+        return ""
+    cap = f"<figcaption>{html.escape(caption)}</figcaption>" if caption else ""
+    return f'<figure class="{cls}"><a href="{src}" target="_blank" rel="noopener">{_img(src, alt)}</a>{cap}</figure>'
 
 
 def _header(runs: list[_Run], questions: list[dict], heatmaps: list[str | None], radar: str | None) -> str:
@@ -341,20 +367,23 @@ def _header(runs: list[_Run], questions: list[dict], heatmaps: list[str | None],
     parts.append(
         '<p class="meta">Accuracy in %, MMAD\'s rule: unparsed answers are dropped from the accuracy and counted as parse failures'
         + (f"; answer parser: {html.escape(', '.join(parsers))}" if parsers else "")
-        + ". Averages over datasets.</p>"
+        + ". Averages over datasets. Under each value: its 95 % bootstrap interval over images (stratified by dataset); "
+        "under a later run's value: the paired interval of its delta against run 1, * where it excludes zero.</p>"
     )
     parts.append(_summary_table(runs, questions))
-    parts.append('<div class="plots"><div class="runs">')
+    # the plots open at the top (radar of all runs, each run's heatmap; click for full size), the per-dataset tables below
+    parts.append('<div class="plots top-plots">' + _link_img(radar, "radar: all runs", "radar"))
+    parts += [_link_img(h, f"heatmap of run {i + 1}: {run.name}", "heat", f"{i + 1}: {run.name}") for i, (h, run) in enumerate(zip(heatmaps, runs))]
+    parts.append('</div><div class="runs">')
     cols = SUBTASKS + ("Average", "Overkill", "Miss", "F1", "Parse Failures", "Errors", "Questions")
     labels = dict(SHORT, **{"Parse Failures": "parse failures", "Errors": "errors", "Questions": "questions"})
     for i, run in enumerate(runs):
         meta = ", ".join(f"{k}: {html.escape(str(run.identity[k]))}" for k in ("model", "setting", "seed", "parser") if k in run.identity)
         parts.append(
-            f"<details{' open' if len(runs) == 1 else ''}><summary>Run {i + 1}: {html.escape(run.name)} "
-            f'<span class="meta">{meta}</span></summary>{_scores_table(run.scores.rows, cols, labels)}'
-            f"<div class=\"plots\">{_img(heatmaps[i], f'heatmap of run {i + 1}: {run.name}')}</div></details>"
+            f"<details{' open' if len(runs) == 1 else ''}><summary>Run {i + 1}: {html.escape(run.name)}, per dataset "
+            f'<span class="meta">{meta}</span></summary><div class="tablewrap">{_scores_table(run.scores.rows, cols, labels, run.scores.intervals)}</div></details>'
         )
-    parts.append(f'</div><div class="radar">{_img(radar, "radar: all runs")}</div></div>')
+    parts.append("</div>")
     parts.append("</section>")
     return "\n".join(parts)
 
@@ -433,19 +462,19 @@ def write_html_report(
     names = ", ".join(r.name for r in runs)
     data = {"runs": [{"name": r.name, "model": r.identity.get("model")} for r in runs], "images": table, "questions": questions, "page_size": PAGE_SIZE}
     page = _fill(
-        (_ASSETS / "report.html").read_text(encoding="utf-8"),
+        (html_assets() / "report.html").read_text(encoding="utf-8"),
         {
             "TITLE": html.escape(title or f"MMAD run report: {names}"),
-            "CSS": (_ASSETS / "report.css").read_text(encoding="utf-8"),
+            "CSS": (html_assets() / "report.css").read_text(encoding="utf-8"),
             "HEADER": _header(runs, questions, heatmaps, radar),
             "DATA": _json_for_script(data),
-            "JS": (_ASSETS / "report.js").read_text(encoding="utf-8"),
+            "JS": (html_assets() / "report.js").read_text(encoding="utf-8"),
         },
     )
     target = out_dir / "report.html"
-    tmp = target.with_suffix(".html.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, target)
+    from .atomic import write_text
+
+    write_text(target, page)
     return target
 
 
@@ -463,7 +492,7 @@ def cmd_report(args) -> int:
         return 0
     if args.thumb_px < 32:
         raise MmadError(f"--thumb-px {args.thumb_px}: use at least 32")
-    path = write_html_report(dirs, args.out, embed_images=args.embed_images, data_root=args.data, thumb_px=args.thumb_px, progress=True)
+    path = write_html_report(dirs, args.out, embed_images=args.embed_images, data_root=args.data, thumb_px=args.thumb_px, progress=not args.no_progress)
     print(f"wrote {path} (open it in a browser; no server needed)", file=sys.stderr)
     return 0
 
@@ -476,4 +505,5 @@ def register_cli(sub) -> None:
     p.add_argument("--embed-images", action="store_true", help="put the thumbnails into the page as data URLs (one file to share)")
     p.add_argument("--data", help="data root holding the images (default: the one recorded in each run.json)")
     p.add_argument("--thumb-px", type=int, default=160, help="longer side of the thumbnails in pixels (default 160)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar or messages while making thumbnails (default: shown)")
     p.set_defaults(func=cmd_report)

@@ -47,6 +47,7 @@ class Query:
     knowledge: str | None = None
     expert_image: Image.Image | None = None
     expert_sentence: str | None = None
+    expert_text: str | None = None  # a calibrated expert's verdict in words (after its picture, or alone)
     instruction: str = MMAD_INSTRUCTION
     system: str | None = None
     info: SampleInfo | None = None
@@ -107,6 +108,8 @@ def build_prompt(q: Query) -> Prompt:
     parts += ["Here is the query image:\n", q.image, "\n"]
     if q.expert_image is not None:
         parts += [(q.expert_sentence or "Here is an image from an anomaly detection expert:") + "\n", q.expert_image, "\n"]
+    if q.expert_text:
+        parts.append(q.expert_text + "\n")
     parts.append("Question: " + format_question(q.question, q.options) if q.options else q.question)
     return Prompt(parts=_merge_text(parts), system=q.system, query=q)
 

@@ -1,11 +1,15 @@
 """Expert pictures: an anomaly map drawn over the query image in one of five styles.
 
-`faithful` mode reproduces MMAD's pictures (protocol §7): the image scaled to at most 512 px on
-its longer side, the map min-max normalised, regions = pixels above two thirds of the maximum
-(the median when more than half the pixels pass), external contours, contours under 0.1 % of the
-image area dropped (contour area as OpenCV measures it), red (255, 0, 0) 2 px marks, boxes merged
-by nearest centres down to 2 (3 for ground truth), viridis colours (highlight alpha 0.7, 0.4 for
-ground truth). Such pictures always mark something, even on normal images.
+`faithful` mode reproduces MMAD's drawing code (protocol §7, `evaluation/examples/SoftPatch/call.py`)
+pixel for pixel, given the same map: the query scaled to at most 512 px on its longer side
+(int() sizes, bicubic); the map resized to it (bilinear, nearest for masks and AnomalyCLIP),
+optionally zeroed outside a GrabCut foreground, then divided by its maximum (min-max for
+AnomalyCLIP); regions = pixels strictly above two thirds of the maximum (above the element at
+int(n/2) of the sorted values when more than half pass), external contours with area strictly
+above 0.1 % of the image; red 2 px marks, boxes merged by nearest centres down to 2 (3 for
+ground truth) and drawn to (x + w, y + h); viridis truncated to uint8; highlight =
+Image.blend(transparent, colour, 0.7) alpha-composited over the query (ground truth:
+cv2.addWeighted 0.6 / 0.4). Such pictures always mark something, even on normal images.
 
 `calibrated` mode draws only pixels above the expert's calibrated pixel threshold, and nothing at
 all on an image the expert judged normal (decision False); its sentence says which happened.
@@ -26,7 +30,8 @@ MAX_SIDE = 512
 RED = (255, 0, 0)
 LINE = 2
 MIN_AREA_FRACTION = 0.001
-ALPHA_MODEL, ALPHA_GT = 0.7, 0.4
+ALPHA_MODEL = 0.7  # calibrated highlight: a plain 0.7 / 0.3 mix inside the marked regions
+NORMALISATIONS = ("max", "min-max")
 
 _WHAT = {
     "bbox": "suspicious areas are marked with red boxes",
@@ -67,11 +72,14 @@ class Rendering:
 
 
 def scale_image(image: Image.Image, max_side: int = MAX_SIDE) -> Image.Image:
-    w, h = image.size
+    """The query as MMAD draws on it: longer side at most `max_side`, new size (int(w*s), int(h*s)),
+    PIL's bicubic filter (the default of MMAD's `query_image.resize(new_size)` for RGB)."""
+    rgb = image.convert("RGB")
+    w, h = rgb.size
     if max(w, h) <= max_side:
-        return image.convert("RGB")
+        return rgb
     s = max_side / max(w, h)
-    return image.convert("RGB").resize((max(1, round(w * s)), max(1, round(h * s))), Image.BILINEAR)
+    return rgb.resize((max(1, int(w * s)), max(1, int(h * s))), Image.Resampling.BICUBIC)
 
 
 def resize_map(amap: np.ndarray, size: tuple[int, int], resample: str) -> np.ndarray:
@@ -87,59 +95,91 @@ def resize_map(amap: np.ndarray, size: tuple[int, int], resample: str) -> np.nda
     return cv2.resize(a, (w, h), interpolation=interp)
 
 
-def normalise(a: np.ndarray) -> np.ndarray:
-    lo, hi = float(a.min()), float(a.max())
-    if not np.isfinite(lo) or not np.isfinite(hi) or hi <= lo:
-        return np.zeros_like(a, dtype=np.float32)
-    return ((a - lo) / (hi - lo)).astype(np.float32)
+def normalise(a: np.ndarray, how: str = "max") -> np.ndarray:
+    """A model map scaled for drawing. `max`: divided by its maximum (MMAD's PatchCore code: a
+    positive floor stays); `min-max`: (a - min) / (max - min) (MMAD's AnomalyCLIP code). A map
+    with no positive range draws as zeros (MMAD would divide by zero)."""
+    if how not in NORMALISATIONS:
+        raise MmadError(f"normalisation {how!r}: use one of {', '.join(NORMALISATIONS)}")
+    a = np.asarray(a, dtype=np.float32)
+    lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+    if how == "max":
+        return a / a.max() if np.isfinite(hi) and hi > 0 else np.zeros_like(a)
+    return (a - lo) / (hi - lo) if np.isfinite(hi - lo) and hi > lo else np.zeros_like(a)
 
 
 def faithful_binary(norm: np.ndarray) -> np.ndarray:
-    """MMAD's threshold: two thirds of the maximum, or the median when more than half pass."""
-    if norm.max() <= 0:
+    """MMAD's regions: pixels strictly above two thirds of the maximum (cv2.threshold, which
+    compares in float32); when more than half pass, above the element at int(n/2) of the sorted
+    values instead."""
+    if not norm.size or not norm.max() > 0:
         return np.zeros(norm.shape, bool)
-    binary = norm > norm.max() * 2 / 3
-    if binary.mean() > 0.5:
-        binary = norm > np.median(norm)
-    return binary
+    norm = np.ascontiguousarray(norm, dtype=np.float32)
+    _, binary = cv2.threshold(norm, float(norm.max()) * (1 - 1 / 3), 1, cv2.THRESH_BINARY)
+    if np.count_nonzero(binary) / binary.size > 0.5:
+        median = np.sort(norm, axis=None)[int(0.5 * norm.size)]
+        _, binary = cv2.threshold(norm, float(median), 1, cv2.THRESH_BINARY)
+    return binary > 0
 
 
 def find_contours(binary: np.ndarray, *, area_filter: bool) -> list[np.ndarray]:
+    """External contours; with `area_filter`, only those whose cv2.contourArea is strictly above
+    0.001 x W x H (computed in MMAD's order, so a contour exactly at the limit is dropped)."""
     contours, _ = cv2.findContours(binary.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     if area_filter:
-        min_area = MIN_AREA_FRACTION * binary.shape[0] * binary.shape[1]
-        contours = [c for c in contours if cv2.contourArea(c) >= min_area]
+        h, w = binary.shape
+        contours = [c for c in contours if cv2.contourArea(c) > MIN_AREA_FRACTION * w * h]
     return list(contours)
 
 
-def merge_boxes(boxes: list[tuple[int, int, int, int]], keep: int) -> list[tuple[int, int, int, int]]:
-    """Repeatedly merge the two boxes with the nearest centres until at most `keep` remain."""
-    boxes = list(boxes)
-    while len(boxes) > keep:
-        c = np.array([((b[0] + b[2]) / 2, (b[1] + b[3]) / 2) for b in boxes])
-        d = np.linalg.norm(c[:, None] - c[None], axis=2)
-        d[np.tril_indices(len(boxes))] = np.inf
-        i, j = np.unravel_index(int(np.argmin(d)), d.shape)
-        a, b = boxes[i], boxes[j]
-        merged = (min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3]))
-        boxes = [x for k, x in enumerate(boxes) if k not in (i, j)] + [merged]
-    return boxes
+def merge_boxes(rects: list[tuple[int, int, int, int]], keep: int) -> list[tuple[int, int, int, int]]:
+    """MMAD's merging of cv2.boundingRect boxes (x, y, w, h): while more than `keep` remain, the
+    pair with the nearest centres (x + w/2, y + h/2) becomes their union, appended last; on equal
+    distances the first pair in (i, j) order wins."""
+    rects = [tuple(int(v) for v in r) for r in rects]
+    while len(rects) > keep:
+        r = np.array(rects, dtype=np.int64)
+        cx, cy = 2 * r[:, 0] + r[:, 2], 2 * r[:, 1] + r[:, 3]  # doubled centres: exact integer distances
+        d = (cx[:, None] - cx[None]) ** 2 + (cy[:, None] - cy[None]) ** 2
+        d[np.tril_indices(len(rects))] = np.iinfo(np.int64).max
+        i, j = np.unravel_index(int(np.argmin(d)), d.shape)  # row-major: the first minimal (i, j)
+        (x1, y1, w1, h1), (x2, y2, w2, h2) = rects[i], rects[j]
+        x, y = min(x1, x2), min(y1, y2)
+        merged = (x, y, max(x1 + w1, x2 + w2) - x, max(y1 + h1, y2 + h2) - y)
+        rects = [b for k, b in enumerate(rects) if k not in (i, j)] + [merged]
+    return rects
 
 
-def _viridis_lut() -> np.ndarray:
+def viridis(values: np.ndarray) -> np.ndarray:
+    """matplotlib's viridis of values in [0, 1], `[..., :3] * 255` cast to uint8 (truncated, as MMAD)."""
     import matplotlib
 
-    return (matplotlib.colormaps["viridis"](np.linspace(0, 1, 256))[:, :3] * 255).round().astype(np.uint8)
+    return (matplotlib.colormaps["viridis"](values)[..., :3] * 255).astype(np.uint8)
 
 
-_LUT: np.ndarray | None = None
+def mmad_foreground(query: Image.Image) -> np.ndarray | None:
+    """MMAD's foreground on the drawn query: GrabCut (RGB array, 5 iterations) from the rectangle
+    (int(0.01 W), int(0.01 H), int(0.98 W), int(0.98 H)); foreground = every pixel not labelled
+    probable background (so the 1 % border strip, labelled definite background, counts as
+    foreground, as in MMAD's code). None when it covers under 5 % of the image (filter skipped)."""
+    arr = np.array(query.convert("RGB"))
+    h, w = arr.shape[:2]
+    mask = np.zeros((h, w), np.uint8)
+    bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+    cv2.setRNGSeed(0)  # GrabCut's k-means initialisation draws from OpenCV's RNG: same picture every run
+    try:
+        cv2.grabCut(arr, mask, (int(w * 0.01), int(h * 0.01), int(w * 0.98), int(h * 0.98)), bgd, fgd, 5, cv2.GC_INIT_WITH_RECT)
+    except cv2.error:  # an image too small or too flat for GrabCut's models: no filter, as when too little is found
+        return None
+    fg = mask != cv2.GC_PR_BGD
+    return None if np.sum(fg) < 0.05 * fg.size else fg
 
 
-def viridis(norm: np.ndarray) -> np.ndarray:
-    global _LUT
-    if _LUT is None:
-        _LUT = _viridis_lut()
-    return _LUT[np.clip(np.round(norm * 255), 0, 255).astype(np.int64)]
+def drawing_options(expert) -> dict:
+    """The render() keywords an expert implies: ground truth or not, how its maps are resized and
+    normalised, and whether MMAD's GrabCut foreground filter applies (protocol §7)."""
+    return {"is_gt": bool(getattr(expert, "needs_mask", False)), "resample": getattr(expert, "resample", None),
+            "normalisation": getattr(expert, "normalisation", "max"), "foreground": bool(getattr(expert, "foreground", False))}
 
 
 def render(
@@ -152,65 +192,128 @@ def render(
     pixel_threshold: float | None = None,
     decision: bool | None = None,
     resample: str | None = None,
+    normalisation: str = "max",
+    foreground: bool = False,
 ) -> Rendering:
     """Draw `amap` on `image` in `style` (bbox, contour, highlight, mask, heatmap).
 
     `resample`: how the map is resized to the 512 px picture; default nearest for ground truth,
     bilinear otherwise (MMAD: nearest for masks and AnomalyCLIP, bilinear for PatchCore).
+    `normalisation` (faithful model maps): max (PatchCore, default) or min-max (AnomalyCLIP).
+    `foreground`: zero the model map outside MMAD's GrabCut foreground of the drawn query first.
+    `drawing_options(expert)` gives all four for an expert.
     """
     if style not in STYLES:
         raise MmadError(f"visualisation {style!r} is unknown; use one of {', '.join(STYLES)}")
     if mode not in MODES:
         raise MmadError(f"render mode {mode!r} is unknown; use faithful or calibrated")
+    if normalisation not in NORMALISATIONS:
+        raise MmadError(f"normalisation {normalisation!r}: use one of {', '.join(NORMALISATIONS)}")
     base = scale_image(image)
     w, h = base.size
     resample = resample or ("nearest" if is_gt else "bilinear")
     m = np.zeros((h, w), np.float32) if amap is None else resize_map(amap, (w, h), resample)
     m = np.nan_to_num(m, nan=0.0, posinf=0.0, neginf=0.0)
-
-    # region map and the values that colour it
     if is_gt:
-        region = m > 0  # the mask is the region: no threshold, no area filter
-        contours = find_contours(region, area_filter=False)
-        colour = region.astype(np.float32)
-    elif mode == "faithful":
-        colour = normalise(m)
-        contours = find_contours(faithful_binary(colour), area_filter=True)
-        region = _filled(contours, (h, w))
+        return _render_gt(base, m, style, mode)
+    if foreground and amap is not None:
+        fg = mmad_foreground(base)
+        if fg is not None:
+            m = np.where(fg, m, np.float32(0))
+    if mode == "faithful":
+        return _render_faithful(base, m, style, normalisation)
+    return _render_calibrated(base, m, style, pixel_threshold, decision)
+
+
+def _inclusive(rects) -> list[tuple[int, int, int, int]]:
+    return [(x, y, x + bw - 1, y + bh - 1) for x, y, bw, bh in rects]
+
+
+def _draw_mmad_marks(arr: np.ndarray, contours, style: str, keep: int) -> list[tuple[int, int, int, int]]:
+    """MMAD's red marks, 2 px: each contour, or the merged boxes drawn to (x + w, y + h), one
+    pixel beyond each box's last row and column."""
+    rects: list = []
+    if style == "contour":
+        for c in contours:
+            cv2.drawContours(arr, [c], -1, RED, LINE)
     else:
-        if pixel_threshold is None:
-            raise MmadError("calibrated rendering needs the expert's pixel threshold; calibrate the expert (expert fit does) or use faithful mode")
-        if decision is False:
-            contours = []
-        else:
-            contours = find_contours(m > pixel_threshold, area_filter=True)
-        region = _filled(contours, (h, w))
-        hi = max(float(m.max()), pixel_threshold)
-        colour = np.where(region, np.clip((m - pixel_threshold) / (hi - pixel_threshold + 1e-12), 0, 1), 0).astype(np.float32)
+        rects = merge_boxes([cv2.boundingRect(c) for c in contours], keep)
+        for x, y, bw, bh in rects:
+            cv2.rectangle(arr, (x, y), (x + bw, y + bh), RED, LINE)
+    return _inclusive(rects)
 
-    marked = bool(contours)
-    text = sentence(style, mode, marked, is_gt)
-    boxes: list[tuple[int, int, int, int]] = []
-    if is_gt and not marked:
+
+def _render_faithful(base: Image.Image, m: np.ndarray, style: str, normalisation: str) -> Rendering:
+    norm = normalise(m, normalisation)
+    contours = find_contours(faithful_binary(norm), area_filter=True)
+    region = _filled(contours, m.shape)
+    text, boxes = sentence(style, "faithful", bool(contours)), []
+    if style in ("bbox", "contour"):
+        arr = np.asarray(base, dtype=np.uint8).copy()
+        boxes = _draw_mmad_marks(arr, contours, style, 2)
+        pic = Image.fromarray(arr)
+    elif style == "highlight":  # Image.blend onto transparent black, alpha-composited: ~0.49 colour + 0.3 image
+        overlay = Image.blend(Image.new("RGBA", base.size), Image.fromarray(viridis(norm)).convert("RGBA"), 0.7)
+        pic = Image.alpha_composite(base.convert("RGBA"), overlay).convert("RGB")
+    elif style == "heatmap":
+        pic = Image.fromarray(viridis(norm))
+    else:  # mask: MMAD's PatchCore code has none; as for ground truth, viridis of the marked regions
+        pic = Image.fromarray(viridis(region.astype(np.float32)))
+    return Rendering(pic, text, bool(contours), boxes, region)
+
+
+def gt_binary(mask: np.ndarray) -> np.ndarray:
+    """MMAD's reading of a mask: maximum 1 -> as is; maximum 255 -> // 255; otherwise > 0."""
+    top = mask.max() if mask.size else 0
+    if top == 1:
+        return (mask == 1).astype(np.uint8)
+    if top == 255:
+        return (mask // 255).astype(np.uint8)
+    return (mask > 0).astype(np.uint8)
+
+
+def _render_gt(base: Image.Image, m: np.ndarray, style: str, mode: str) -> Rendering:
+    """MMAD's ground-truth pictures (the same in both modes: a mask is the truth)."""
+    binary = gt_binary(m)
+    contours = find_contours(binary, area_filter=False)
+    text, region = sentence(style, mode, bool(contours), True), binary.astype(bool)
+    if not contours:
         return Rendering(base, text, False, [], region)  # normal image: the plain picture (§7)
+    arr, boxes = np.asarray(base, dtype=np.uint8).copy(), []
+    colour = viridis(binary / binary.max())
+    if style in ("bbox", "contour"):
+        boxes = _draw_mmad_marks(arr, contours, style, 3)
+    elif style == "highlight":
+        arr = cv2.addWeighted(arr, 0.6, colour, 0.4, 0)
+    else:  # mask; heatmap (MMAD has no ground-truth heatmap): the same viridis of the mask
+        arr = colour
+    return Rendering(Image.fromarray(arr), text, True, boxes, region)
 
+
+def _render_calibrated(base: Image.Image, m: np.ndarray, style: str, pixel_threshold, decision) -> Rendering:
+    """This project's rule: only pixels above the calibrated pixel threshold, nothing on an image
+    judged normal; boxes drawn on their own last row and column."""
+    if pixel_threshold is None:
+        raise MmadError("calibrated rendering needs the expert's pixel threshold; calibrate the expert (expert fit does) or use faithful mode")
+    contours = [] if decision is False else find_contours(m > pixel_threshold, area_filter=True)
+    region = _filled(contours, m.shape)
+    hi = max(float(m.max()), pixel_threshold)
+    colour = np.where(region, np.clip((m - pixel_threshold) / (hi - pixel_threshold + 1e-12), 0, 1), 0).astype(np.float32)
+    marked = bool(contours)
+    text, boxes = sentence(style, "calibrated", marked), []
     arr = np.asarray(base, dtype=np.uint8).copy()
     if style == "bbox":
-        rects = [cv2.boundingRect(c) for c in contours]
-        boxes = merge_boxes([(x, y, x + bw - 1, y + bh - 1) for x, y, bw, bh in rects], 3 if is_gt else 2)
+        boxes = _inclusive(merge_boxes([cv2.boundingRect(c) for c in contours], 2))
         for x0, y0, x1, y1 in boxes:
             cv2.rectangle(arr, (x0, y0), (x1, y1), RED, LINE)
     elif style == "contour":
         if contours:
             cv2.drawContours(arr, contours, -1, RED, LINE)
-    elif style == "highlight":
-        alpha = ALPHA_GT if is_gt else ALPHA_MODEL
-        blended = alpha * viridis(colour).astype(np.float32) + (1 - alpha) * arr.astype(np.float32)
-        if mode == "calibrated" and not is_gt:
-            blended = np.where(region[..., None], blended, arr)  # nothing outside what it believes
-        arr = np.clip(np.round(blended), 0, 255).astype(np.uint8)
+    elif style == "highlight":  # nothing outside what it believes
+        blended = ALPHA_MODEL * viridis(colour).astype(np.float32) + (1 - ALPHA_MODEL) * arr.astype(np.float32)
+        arr = np.where(region[..., None], np.clip(np.round(blended), 0, 255), arr).astype(np.uint8)
     elif style == "mask":
-        arr = viridis(region.astype(np.float32) if (mode == "calibrated" or is_gt) else colour)
+        arr = viridis(region.astype(np.float32))
     else:  # heatmap
         arr = viridis(colour)
     return Rendering(Image.fromarray(arr), text, marked, boxes, region)

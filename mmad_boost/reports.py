@@ -1,4 +1,10 @@
-"""Score tables, `scores.csv` in MMAD's shape, `report.md`, and the heatmap and radar plots."""
+"""Score tables, `scores.csv` in MMAD's shape, `report.md`, and the heatmap and radar plots.
+
+Each table cell has a 95 % bootstrap interval over images (uncertainty.py): shown as `[low, high]`
+in report.md and the printed table, and as extra `<column> low/high` columns after MMAD's columns
+in scores.csv (MMAD's columns unchanged) and an `intervals` object in scores.json. Runs made with
+--circular or --judge get their second figures (robust.py) beside MMAD's, never mixed into it.
+"""
 from __future__ import annotations
 
 import csv
@@ -6,8 +12,11 @@ import io
 import json
 from pathlib import Path
 
+from .atomic import save_figure, write_text
 from .records import run_records
 from .scoring import EXTRA_METRICS, SUBTASKS, Scores, score_records, strict_accuracy
+from .uncertainty import CELLS as INTERVAL_COLUMNS
+from .uncertainty import score_intervals
 
 COLUMNS = SUBTASKS + ("Average",) + EXTRA_METRICS
 SHORT = {
@@ -30,28 +39,48 @@ def fmt(v, col: str = "") -> str:
 
 
 def scores_csv(scores: Scores) -> str:
+    iv = scores.intervals
+    extra = [f"{c} {end}" for c in INTERVAL_COLUMNS for end in ("low", "high")] if iv is not None else []
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow([""] + list(COLUMNS))
+    w.writerow([""] + list(COLUMNS) + extra)
     for name, row in scores.rows.items():
-        w.writerow([name] + [fmt(row.get(c), c) for c in COLUMNS])
+        bounds = []
+        if iv is not None:
+            for c in INTERVAL_COLUMNS:
+                b = iv.get(name, c)
+                bounds += [fmt(b[0]), fmt(b[1])] if b else ["", ""]
+        w.writerow([name] + [fmt(row.get(c), c) for c in COLUMNS] + bounds)
     return buf.getvalue()
 
 
-def markdown_table(scores: Scores, columns=SUBTASKS + ("Average",)) -> str:
+def _with_interval(scores: Scores, name: str, col: str, text: str) -> str:
+    b = scores.intervals.get(name, col) if (scores.intervals is not None and col in INTERVAL_COLUMNS) else None
+    return text if (not text or b is None) else f"{text} [{b[0]:.1f}, {b[1]:.1f}]"
+
+
+def markdown_table(scores: Scores, columns=SUBTASKS + ("Average",), intervals: bool = True) -> str:
+    """MMAD's table; with `intervals` (and scores.intervals computed) each cell is followed by its 95 % interval."""
     head = "| dataset | " + " | ".join(SHORT.get(c, c) for c in columns) + " |"
     sep = "| --- |" + " ---: |" * len(columns)
     lines = [head, sep]
     for name, row in scores.rows.items():
         cells = [fmt(row.get(c), c) for c in columns]
+        if intervals:
+            cells = [_with_interval(scores, name, c, t) for c, t in zip(columns, cells)]
         if name == "Average":
             name, cells = "**Average**", [f"**{c}**" if c else c for c in cells]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def scores_json(scores: Scores) -> str:
-    return json.dumps({"parser": scores.parser, "rows": scores.rows}, indent=2)
+def scores_json(scores: Scores, extra: dict | None = None) -> str:
+    out = {"parser": scores.parser, "rows": scores.rows}
+    if scores.intervals is not None:
+        out["intervals"] = {"method": scores.intervals.describe(), "confidence": scores.intervals.confidence,
+                            "rows": {n: {c: (list(b) if b else None) for c, b in r.items()} for n, r in scores.intervals.rows.items()}}
+    out.update(extra or {})
+    return json.dumps(out, indent=2)
 
 
 def report_markdown(run_dir: Path, records: list[dict], scores: Scores) -> str:
@@ -60,6 +89,9 @@ def report_markdown(run_dir: Path, records: list[dict], scores: Scores) -> str:
     if meta:
         out += [f"- model: `{meta.get('model')}`", f"- setting: {meta.get('setting')}", f"- seed: {meta.get('seed')}", f"- answer parser: {meta.get('parser')}", ""]
     out += ["## Accuracy (%, MMAD's rule: unparsed answers dropped)", "", markdown_table(scores), ""]
+    if scores.intervals is not None:
+        out += [f"[low, high]: {scores.intervals.describe()}.", ""]
+    out += robust_sections(records, scores)
     out += ["## Anomaly discrimination and bookkeeping", "", markdown_table(scores, ("Overkill", "Miss", "Precision", "Recall", "F1") + _COUNTS), ""]
     strict = strict_accuracy(records)
     out += [
@@ -85,7 +117,9 @@ def report_markdown(run_dir: Path, records: list[dict], scores: Scores) -> str:
 def _run_meta(run_dir: Path) -> dict:
     p = run_dir / "run.json"
     try:
-        return json.loads(p.read_text()).get("identity", {}) if p.exists() else {}
+        meta = json.loads(p.read_text()) if p.exists() else {}
+        ident = meta.get("identity", {}) if isinstance(meta, dict) else {}
+        return ident if isinstance(ident, dict) else {}
     except json.JSONDecodeError:
         return {}
 
@@ -101,11 +135,12 @@ def write_reports(run_dirs: list[Path], out_dir: Path | None = None) -> tuple[li
     for rd in run_dirs:
         records = run_records(rd)
         scores = score_records(records)
+        scores.intervals = score_intervals(records)
         all_scores.append(scores)
-        (rd / "scores.csv").write_text(scores_csv(scores))
-        (rd / "scores.json").write_text(scores_json(scores))
+        write_text(rd / "scores.csv", scores_csv(scores))  # atomic: a full disk leaves the old file, never half a file
+        write_text(rd / "scores.json", scores_json(scores, robust_json(records)))
         heatmap(scores, rd / "heatmap.png", title=rd.name)
-        (rd / "report.md").write_text(report_markdown(rd, records, scores))
+        write_text(rd / "report.md", report_markdown(rd, records, scores))
     target = out_dir or run_dirs[0]
     radar([(run_label(rd), s) for rd, s in zip(run_dirs, all_scores)], target / "radar.png")
     return all_scores, target
@@ -121,6 +156,16 @@ def _plt():
 
 
 def heatmap(scores: Scores, path: Path, title: str = "") -> None:
+    plt = _plt()
+    fig = heatmap_figure(scores, title)
+    try:
+        save_figure(fig, path, dpi=110)
+    finally:
+        plt.close(fig)
+
+
+def heatmap_figure(scores: Scores, title: str = ""):
+    """Accuracy per dataset and subtask; a cell without questions says n/a."""
     import numpy as np
 
     plt = _plt()
@@ -133,30 +178,95 @@ def heatmap(scores: Scores, path: Path, title: str = "") -> None:
     ax.set_yticks(range(len(names)), names)
     for i in range(len(names)):
         for j in range(len(cols)):
-            if not np.isnan(data[i, j]):
+            if np.isnan(data[i, j]):
+                ax.text(j, i, "n/a", ha="center", va="center", color="0.45", fontsize=8)
+            else:
                 ax.text(j, i, f"{data[i, j]:.1f}", ha="center", va="center", color="w" if data[i, j] < 60 else "k", fontsize=8)
     fig.colorbar(im, ax=ax, label="accuracy %")
     ax.set_title(title or "accuracy by dataset and subtask")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
 
 
 def radar(runs: list[tuple[str, Scores]], path: Path) -> None:
+    plt = _plt()
+    fig = radar_figure(runs)
+    try:
+        save_figure(fig, path, dpi=110)
+    finally:
+        plt.close(fig)
+
+
+def radar_figure(runs: list[tuple[str, Scores]]):
+    """Average accuracy per subtask, one shape per run. A subtask a run has no questions of is a
+    gap in its shape (not 0, which would collapse it) and its axis label says n/a. Large fonts and
+    the legend below: the page shows this image at about half size."""
     import numpy as np
 
     plt = _plt()
     angles = np.linspace(0, 2 * np.pi, len(SUBTASKS), endpoint=False).tolist()
-    fig = plt.figure(figsize=(6.5, 6.5))
+    fig = plt.figure(figsize=(7, 7.6 + 0.3 * max(0, len(runs) - 2)))
     ax = fig.add_subplot(111, polar=True)
+    missing = {s: 0 for s in SUBTASKS}
     for label, sc in runs:
         avg = sc.rows.get("Average", {})
-        vals = [avg.get(s) if avg.get(s) is not None else 0.0 for s in SUBTASKS]
-        ax.plot(angles + angles[:1], vals + vals[:1], label=label)
-        ax.fill(angles + angles[:1], vals + vals[:1], alpha=0.1)
-    ax.set_xticks(angles, [SHORT[s] for s in SUBTASKS])
+        vals = [float(avg[s]) if avg.get(s) is not None else np.nan for s in SUBTASKS]
+        for s, v in zip(SUBTASKS, vals):
+            missing[s] += bool(np.isnan(v))
+        line, = ax.plot(angles + angles[:1], vals + vals[:1], label=label, marker="o", markersize=4, linewidth=1.8)
+        if not np.isnan(vals).any():
+            ax.fill(angles + angles[:1], vals + vals[:1], alpha=0.1, color=line.get_color())
+    labels = []
+    for s in SUBTASKS:
+        n = missing[s]
+        tag = "" if not n else ("\n(n/a)" if n == len(runs) else f"\n(n/a in {n} of {len(runs)})")
+        labels.append(SHORT[s] + tag)
+    ax.set_xticks(angles, labels, fontsize=14)
+    ax.tick_params(axis="x", pad=12)
     ax.set_ylim(0, 100)
-    ax.legend(loc="upper right", bbox_to_anchor=(1.3, 1.1), fontsize=8)
+    ax.tick_params(axis="y", labelsize=10)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.08), fontsize=12, ncol=1 if len(runs) > 3 else len(runs), frameon=False)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
+
+
+def robust_scores(records) -> dict[str, Scores]:
+    """The second figures a run has: "circular" (--circular) and "with judge" (--judge), each with intervals."""
+    from . import robust
+
+    out = {}
+    if robust.has_circular(records):
+        recs = robust.circular_records(records)
+        out["circular"] = score_records(recs)
+        out["circular"].intervals = score_intervals(recs)
+    if robust.has_judge(records):
+        recs = robust.judged_records(records)
+        out["with judge"] = score_records(recs)
+        out["with judge"].intervals = score_intervals(recs)
+    return out
+
+
+def robust_json(records) -> dict:
+    extra = {}
+    for name, sc in robust_scores(records).items():
+        extra[name.replace(" ", "_")] = json.loads(scores_json(sc))
+    return extra
+
+
+def robust_sections(records, scores: Scores) -> list[str]:
+    """report.md sections for --circular and --judge runs (nothing for other runs)."""
+    out = []
+    extra = robust_scores(records)
+    if "circular" in extra:
+        n = sum(1 for r in records if "circular_correct" in r)
+        out += ["## CircularEval accuracy (right only if every rotation of the options is right; not MMAD's figure)", "",
+                f"{n} questions asked in every rotation; parse failures count wrong here. MMAD's single-shuffle accuracy is the table above.", "",
+                markdown_table(extra["circular"]), ""]
+    if "with judge" in extra:
+        judged = sum(1 for r in records if r.get("judge_answer") and r.get("gpt_answer") is None)
+        asked = sum(1 for r in records if "judge_answer" in r)
+        out += ["## Accuracy with the judge (judge letters stand in for unparsed answers; not MMAD's rule)", "",
+                f"The judge was asked about {asked} unparsed responses and gave a letter for {judged}. "
+                "Without the judge (MMAD's rule) is the table above.", "",
+                markdown_table(extra["with judge"]), ""]
+    return out

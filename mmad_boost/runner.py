@@ -20,7 +20,8 @@ from .errors import MmadError
 from .models.base import as_model
 from .parsing import PARSERS, parse_answer
 from .prompt import Query, SampleInfo, build_prompt, shuffle_options
-from .records import RecordWriter, check_run_config, file_sha256, lock_records, read_records, records_name, rewrite_records, unlock_records
+from .robust import ask_judge, ask_rotations, identity_extra
+from .records import RecordWriter, check_run_config, clean_text, file_sha256, lock_records, read_records, records_name, rewrite_records, unlock_records
 from .settings import Setting, parse_setting
 
 
@@ -74,15 +75,32 @@ class _ImageCache:
             lock = self.locks.setdefault(sample.key, threading.Lock())
         with lock:
             if sample.key not in self.values:
-                self.values[sample.key] = self.build(sample)
+                try:
+                    self.values[sample.key] = self.build(sample)
+                except (Exception, SystemExit) as e:  # kept: the image's other questions get the same error, not a rebuild
+                    self.values[sample.key] = _Failed(e)
                 self.built += 1
-            return self.values[sample.key]
+            value = self.values[sample.key]
+        if isinstance(value, _Failed):
+            raise value.error
+        return value
 
     def done(self, key: str) -> None:
         with self.guard:
             self.pending[key] -= 1
             if self.pending[key] <= 0:
                 self.values.pop(key, None)
+
+
+class _Failed:
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+def _describe(e: BaseException) -> str:
+    if isinstance(e, SystemExit):  # a model calling sys.exit must not end the run silently
+        return f"SystemExit: the model called sys.exit({e.code!r})"
+    return f"{type(e).__name__}: {e}"
 
 
 class ErrorStreak:
@@ -158,6 +176,9 @@ class Runner:
         durable: bool = False,
         model_spec: str | None = None,
         max_consecutive_errors: int = 20,
+        repair: bool = False,
+        circular: bool = False,
+        judge: Any = None,
     ):
         if parser not in PARSERS:
             raise MmadError(f"unknown answer parser {parser!r}; use one of {', '.join(PARSERS)}")
@@ -175,11 +196,16 @@ class Runner:
         self.durable = durable
         self.model_name = model_spec or getattr(self.model, "name", type(self.model).__name__)
         self.max_consecutive_errors = max_consecutive_errors
+        self.repair = repair  # move damaged records lines aside instead of stopping with an error
         self.images_prepared = 0
+        self.circular = circular  # also ask every rotation of the options (robust.py); scored beside MMAD's figure
+        self.judge = None if judge is None else as_model(judge)  # reads unparseable responses (robust.py)
 
     # -- identity ----------------------------------------------------------
     def identity(self) -> dict:
-        cfg = self.model.config() if hasattr(self.model, "config") else {"name": self.model_name}
+        from .models.base import model_config
+
+        cfg = model_config(self.model) if hasattr(self.model, "config") or hasattr(self.model, "mmad_code") else {"name": self.model_name}
         return {
             "questions_sha256": file_sha256(self.bench.questions_file),
             "setting": self.setting.name,
@@ -188,6 +214,7 @@ class Runner:
             "shuffle": self.shuffle,
             "model": self.model_name,
             "model_config": cfg,
+            **identity_extra(self.circular, self.judge),
         }
 
     # -- per image -----------------------------------------------------------
@@ -249,21 +276,29 @@ class Runner:
         }
         try:
             base = cache.get(sample)
+            query = replace(base, question=q.text, options=options, trace=_copy_trace(base.trace))
+            prompt = build_prompt(query)
         except MmadError:
             raise
-        query = replace(base, question=q.text, options=options, trace=_copy_trace(base.trace))
-        prompt = build_prompt(query)
+        except (Exception, SystemExit) as e:  # an expert or retriever failing on this image: its questions fail, the run goes on
+            record["error"] = clean_text(f"preparing the image failed: {_describe(e)}")[:2000]
+            return record
         t0 = time.perf_counter()
         try:
             response = self.model.generate(prompt)
             if not isinstance(response, str):
                 raise TypeError(f"model returned {type(response).__name__}, expected str")
+            response = clean_text(str(response))  # lone surrogates replaced: always recordable, and scored as recorded
             record["response"] = response
             record["gpt_answer"] = parse_answer(response, options, self.parser)
+            if record["gpt_answer"] is None and self.judge is not None:
+                record.update(ask_judge(self.judge, q.text, options, response))
+            if self.circular:
+                ask_rotations(self.model, query, record, self.parser, self.judge)
         except MmadError:
             raise
-        except Exception as e:  # one question failing must not stop the run
-            record["error"] = f"{type(e).__name__}: {e}"[:2000]
+        except (Exception, SystemExit) as e:  # one question failing must not stop the run
+            record["error"] = clean_text(_describe(e))[:2000]
         record["latency_s"] = round(time.perf_counter() - t0, 4)
         if query.trace:
             record["trace"] = query.trace
@@ -271,6 +306,12 @@ class Runner:
 
     # -- the loop ------------------------------------------------------------
     def run(self, items: list[tuple[Sample, Question]]) -> RunSummary:
+        from .progress import quiet
+
+        with quiet(not self.progress):  # progress=False: no fitting messages or library bars either
+            return self._run(items)
+
+    def _run(self, items: list[tuple[Sample, Question]]) -> RunSummary:
         items = in_shard(items, self.shard)
         self.preflight(items)
         path, lock, todo, created = self.open_run(items)
@@ -349,12 +390,15 @@ class Runner:
         if self.out.exists() and not self.out.is_dir():
             raise MmadError(f"--out {self.out} is a file, not a folder; choose a folder path for the run")
         created = not self.out.exists()
-        self.out.mkdir(parents=True, exist_ok=True)
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise MmadError(f"--out {self.out}: cannot create the run folder ({e.strerror}); choose a writable folder") from None
         path = self.out / records_name(self.shard)
         lock = lock_records(path)
         try:
             check_run_config(self.out, self.identity(), force=self.force_mix, extra={"data_root": str(Path(self.bench.root).resolve())})
-            existing = read_records(path, repair=True)
+            existing = read_records(path, repair=True, move_bad=self.repair)
             if any(r.get("error") for r in existing):  # retry only the errored questions: drop their records, atomically
                 existing = [r for r in existing if not r.get("error")]
                 rewrite_records(path, existing)
@@ -366,7 +410,7 @@ class Runner:
 
     def _check_paths(self, items) -> None:
         """Fail before writing anything if an image the run needs is missing."""
-        seen = set()
+        seen, files = set(), {}
         for s, _ in items:
             if s.key in seen:
                 continue
@@ -374,12 +418,18 @@ class Runner:
             p = self.bench.resolve(s.key)
             if not p.is_file():
                 raise MmadError(f"image {p} (key {s.key!r} in {self.bench.questions_file}) not found; check --data")
-            check_image_file(p)
+            files[p] = None
             for k in self.setting.templates(s):
                 tp = self.bench.template_path(s, k)
                 if not tp.is_file():
                     raise MmadError(f"template {tp} of image {s.key!r} not found; check --data and the question file")
-                check_image_file(tp)
+                files[tp] = None
+        # every image is decoded in full (PIL decodes without the GIL, so threads help); the first bad one in order is reported
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            for _ in pool.map(check_image_file, files):
+                pass
 
 
 def _remove_empty_run(out: Path, records: Path) -> None:

@@ -42,6 +42,7 @@ class Scores:
     rows: dict[str, dict[str, float | None]] = field(default_factory=dict)
     columns: tuple[str, ...] = SUBTASKS + ("Average",) + EXTRA_METRICS
     parser: str | None = None
+    intervals: object = None  # uncertainty.Intervals when computed (reports.write_reports); not part of MMAD's table
 
     def table(self) -> list[tuple[str, dict]]:
         return list(self.rows.items())

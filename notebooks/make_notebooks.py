@@ -2,7 +2,11 @@
 
     .venv/bin/python notebooks/make_notebooks.py
 
-Edit this file, not the .ipynb files, and rerun it; outputs are left empty (CI executes them).
+    .venv/bin/python notebooks/make_notebooks.py --execute   # also run them on the bundled sample, outputs kept
+
+Edit this file, not the .ipynb files, and rerun it. The notebooks are committed executed (`--execute`,
+in a temporary folder, so no run folders land in the repository); CI executes them again and checks
+that they still run (tests/test_notebooks.py).
 """
 from __future__ import annotations
 
@@ -18,12 +22,16 @@ CONFIG_NOTE = (
     "on the bundled VisA sample (fryum, capsules; CC BY 4.0, downscaled) with the offline baseline "
     "`baseline:features`, which is *not* a language model: it compares image features and matches option "
     "texts against the knowledge text, and reads the expert picture's marks. For the paper's set-up, set "
-    "`DATA` to an MMAD data root and `MODEL` to a real model (`openai:gpt-4o`, `hf:/path/to/model`, ...)."
+    "`DATA` to an MMAD data root and `MODEL` to a real model (`openai:gpt-4o`, `hf:/path/to/model`, ...). "
+    "A model that cannot be built stops the notebook with its error; `ALLOW_FALLBACK = True` instead answers by "
+    "chance (`baseline:random`), and then every result says so. Every value carries a 95 % bootstrap interval "
+    "over images and every delta a paired one; a verdict whose interval spans zero says *within noise*."
 )
 
 SETUP = '''\
 import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded
+os.environ.setdefault("TQDM_DISABLE", "1")  # no library progress bars (and no TqdmWarning) in the notebook
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -35,6 +43,18 @@ from mmad_boost.data import Benchmark
 from mmad_boost.runner import Runner
 from mmad_boost.trace_summary import summarize
 
+MODEL_ASKED = MODEL
+try:  # first: a model that cannot be built stops here, before any work
+    base = create_model(MODEL, **MODEL_OPTIONS)
+    FALLBACK = None
+except MmadError as e:
+    if not ALLOW_FALLBACK:
+        raise MmadError(f"MODEL = {MODEL!r} cannot be used: {e}. Fix MODEL / MODEL_OPTIONS in the configuration cell "
+                        "(or set ALLOW_FALLBACK = True to answer by chance instead, labelled in every result).") from None
+    FALLBACK = f"{MODEL} was unavailable ({e}); these are CHANCE answers (baseline:random)"
+    MODEL, base = "baseline:random", create_model("baseline:random")
+    print("FALLBACK: " + FALLBACK)
+
 out_dir = Path(OUT)
 if DATA is None:  # build the bundled sample's MMAD-format questions once
     from mmad_boost.demo import build_sample_bench
@@ -44,11 +64,6 @@ if DATA is None:  # build the bundled sample's MMAD-format questions once
     DATA = out_dir / "bench"
 bench = Benchmark(DATA, QUESTIONS)
 items = bench.select(subset=SUBSET, seed=0)
-try:
-    base = create_model(MODEL, **MODEL_OPTIONS)
-except MmadError as e:  # the offline baseline missing from this install: say so and use chance
-    print(f"NOTE: {MODEL} is not available ({e}); falling back to baseline:random")
-    MODEL, base = "baseline:random", create_model("baseline:random")
 print(f"{len(items)} questions on {len({s.key for s, _ in items})} images from {bench.questions_file}; model {MODEL}")
 
 
@@ -59,9 +74,16 @@ def run(name, model, setting="1-shot"):
     return folder
 
 
+def say(*parts):
+    """Print a result line; after a fallback every line says that the answers are chance."""
+    line = " ".join(str(p) for p in parts)
+    print(line if FALLBACK is None else f"[FALLBACK - chance answers, not {MODEL_ASKED}] {line}")
+
+
 def show(table, title):
-    display(Markdown(f"**{title}** (Average row, accuracy %, deltas against `{table.labels[0]}`)\\n\\n" + table.markdown()))
-    table.plot(title=title)
+    warn = "" if FALLBACK is None else f"**FALLBACK: {FALLBACK}.**\\n\\n"
+    display(Markdown(warn + f"**{title}** (Average row, accuracy %, deltas against `{table.labels[0]}`)\\n\\n" + table.markdown()))
+    table.plot(title=title + (" (FALLBACK: chance answers)" if FALLBACK else ""))
     plt.show()
 '''
 
@@ -88,6 +110,7 @@ def rag_notebook() -> nbformat.NotebookNode:
             "QUESTIONS = None       # question file; None: DATA/mmad.json\n"
             "MODEL = \"baseline:features\"  # or \"openai:gpt-4o\", \"hf:/models/Qwen2-VL-7B-Instruct\", ...\n"
             "MODEL_OPTIONS = {}     # e.g. {\"base_url\": \"http://127.0.0.1:8000/v1\"}\n"
+            "ALLOW_FALLBACK = False # True: if MODEL cannot be built, answer by chance (baseline:random), labelled in every result\n"
             "SUBSET = None          # a seeded random subset of N questions; None: all\n"
             "KNOWLEDGE = None       # None: the shipped knowledge base; or a folder from\n"
             "                       # `mmad-boost kb build --data ROOT --mmad-knowledge domain_knowledge.json --out KB`\n"
@@ -110,26 +133,27 @@ def rag_notebook() -> nbformat.NotebookNode:
             "from mmad_boost.records import run_records\n\n"
             "for label in (\"+RAG oracle\", \"+RAG image\"):\n"
             "    r = summarize(run_records(runs[label]))[\"retrieval\"]\n"
-            "    print(f\"{label}: category right {r['right']}/{r['with_truth']}, unknown {r['unknown']}, \"\n"
+            "    say(f\"{label}: category right {r['right']}/{r['with_truth']}, unknown {r['unknown']}, \"\n"
             "          f\"{r['mean_knowledge_chars']:.0f} knowledge characters per prompt\")\n"
             "sample = next(s for s, _ in items if not s.is_normal)\n"
-            "print(\"\\n\" + kb.retrieve(mode=\"oracle\", dataset=sample.dataset, category=sample.category).text[:700], \"...\")"
+            "say(\"\\n\" + kb.retrieve(mode=\"oracle\", dataset=sample.dataset, category=sample.category).text[:700], \"...\")"
         ),
         new_markdown_cell("## Did the knowledge move the answers the way the paper reports?"),
         new_code_cell(
             "for label in (\"+RAG oracle\", \"+RAG image\"):\n"
             "    n, total = changed_answers(runs[\"plain\"], runs[label])\n"
-            "    print(f\"{label}: {n} of {total} answers changed\")\n"
-            "    print(\"  \" + table.verdict(label, \"Defect Classification\", +16.7, f\"{label}, defect classification\", \"paper +16.7 to +20.3\"))\n"
-            "    print(\"  \" + table.verdict(label, \"Object Classification\", +1, f\"{label}, object classification\", \"paper: up\"))\n"
-            "    print(\"  \" + table.verdict(label, \"Average\", +5.4, f\"{label}, average\", \"paper +5.4 to +6.8\"))\n"
-            "print(\"\\n(paper: +16.7 to +20.3 on defect classification, +5.4 to +6.8 average, object classification up as well)\")"
+            "    say(f\"{label}: {n} of {total} answers changed\")\n"
+            "    say(\"  \" + table.verdict(label, \"Defect Classification\", +16.7, f\"{label}, defect classification\", \"paper +16.7 to +20.3\"))\n"
+            "    say(\"  \" + table.verdict(label, \"Object Classification\", +1, f\"{label}, object classification\", \"paper: up\"))\n"
+            "    say(\"  \" + table.verdict(label, \"Average\", +5.4, f\"{label}, average\", \"paper +5.4 to +6.8\"))\n"
+            "say(\"\\n(paper: +16.7 to +20.3 on defect classification, +5.4 to +6.8 average, object classification up as well)\")"
         ),
         new_markdown_cell(
             "The sentences above are computed from this run's numbers: where a boost did not move a subtask in "
             "the paper's direction they say so. With the offline baseline, knowledge can only help where the "
             "option texts match the knowledge entries (defect and object names); a real MLLM also reads the "
-            "descriptions. Sample sizes are small (tens of questions per subtask), so one question is several points."
+            "descriptions. Sample sizes are small (tens of questions per subtask), so one question is several points: "
+            "the 95 % intervals show it, and a verdict whose paired interval spans zero says *within noise*."
         ),
     ])
 
@@ -151,6 +175,7 @@ def experts_notebook() -> nbformat.NotebookNode:
             "QUESTIONS = None\n"
             "MODEL = \"baseline:features\"\n"
             "MODEL_OPTIONS = {}\n"
+            "ALLOW_FALLBACK = False # True: if MODEL cannot be built, answer by chance, labelled in every result\n"
             "SUBSET = None\n"
             "GT_STYLES = [\"bbox\"]          # ground-truth expert (faithful); add \"contour\", \"highlight\", \"mask\", \"heatmap\"\n"
             "MODEL_EXPERT = \"patchcore\"   # fitted per category on train/good, calibrated on a held-out part\n"
@@ -162,11 +187,11 @@ def experts_notebook() -> nbformat.NotebookNode:
         new_code_cell(
             "runs = {\"plain\": run(\"plain\", base)}\n"
             "for style in GT_STYLES:\n"
-            "    runs[f\"GT {style}\"] = run(f\"gt-{style}\", BoostedModel(base, expert=\"gt\", visualization=style))\n"
+            "    runs[f\"GT {style}\"] = run(f\"gt-{style}\", BoostedModel(base, expert=\"gt\", viz=style))\n"
             "experts = {}\n"
             "for style, calibrated in MODEL_EXPERT_RUNS:  # one fit per category, shared by these runs\n"
             "    mode = \"calibrated\" if calibrated else \"faithful\"\n"
-            "    experts[mode] = model = BoostedModel(base, expert=MODEL_EXPERT, visualization=style, calibrated=calibrated,\n"
+            "    experts[mode] = model = BoostedModel(base, expert=MODEL_EXPERT, viz=style, calibrated=calibrated,\n"
             "                                         expert_options=MODEL_EXPERT_OPTIONS, cache_dir=out_dir / \"expert-cache\")\n"
             "    runs[f\"{MODEL_EXPERT} {style} {mode}\"] = run(f\"{MODEL_EXPERT}-{style}-{mode}\", model)\n"
             "table = compare_runs(list(runs.values()), labels=list(runs))\n"
@@ -205,25 +230,26 @@ def experts_notebook() -> nbformat.NotebookNode:
             "from mmad_boost.records import run_records\n\n"
             "for label in list(runs)[1:]:\n"
             "    e = summarize(run_records(runs[label]))[\"expert\"]\n"
-            "    print(f\"{label:30s} marks on {e['false_marks']}/{e['normal_images']} normal images, \"\n"
+            "    say(f\"{label:30s} marks on {e['false_marks']}/{e['normal_images']} normal images, \"\n"
             "          f\"{e['marks_on_defective']}/{e['defective_images']} defective images\")"
         ),
         new_markdown_cell("## Did each expert move the answers the way the paper reports?"),
         new_code_cell(
             "for label in list(runs)[1:]:\n"
             "    n, total = changed_answers(runs[\"plain\"], runs[label])\n"
-            "    print(f\"{label}: {n} of {total} answers changed\")\n"
+            "    say(f\"{label}: {n} of {total} answers changed\")\n"
             "    if label == \"GT bbox\":\n"
-            "        print(\"  \" + table.verdict(label, \"Defect Localization\", +21.29, \"localisation\"))\n"
-            "        print(\"  \" + table.verdict(label, \"Anomaly Detection\", +10.10, \"discrimination\"))\n"
+            "        say(\"  \" + table.verdict(label, \"Defect Localization\", +21.29, \"localisation\"))\n"
+            "        say(\"  \" + table.verdict(label, \"Anomaly Detection\", +10.10, \"discrimination\"))\n"
             "    elif label.startswith(\"GT\"):\n"
-            "        print(\"  \" + table.verdict(label, \"Defect Localization\", +1, \"localisation\", \"paper: the ground truth helps\"))\n"
+            "        say(\"  \" + table.verdict(label, \"Defect Localization\", +1, \"localisation\", \"paper: the ground truth helps\"))\n"
             "    elif label.endswith(\"faithful\"):\n"
-            "        print(\"  \" + table.verdict(label, \"Anomaly Detection\", -9.58, \"discrimination\", \"paper, PatchCore bbox: -9.58\"))\n"
+            "        say(\"  \" + table.verdict(label, \"Anomaly Detection\", -9.58, \"discrimination\", \"paper, PatchCore bbox: -9.58\"))\n"
             "    elif label.endswith(\"calibrated\"):\n"
-            "        d = table.delta(label, \"Anomaly Detection\")\n"
-            "        print(f\"  discrimination {d:+.2f} points vs plain (this project's mode; the aim is no loss: \"\n"
-            "              + (\"met)\" if d >= 0 else \"NOT met)\"))"
+            "        d, (lo, hi) = table.delta(label, \"Anomaly Detection\"), table.delta_interval(label, \"Anomaly Detection\")\n"
+            "        verdict = \"met\" if lo >= 0 else (\"NOT met\" if hi < 0 else \"within noise: neither a loss nor a gain is shown\")\n"
+            "        say(f\"  discrimination {d:+.2f} points vs plain, 95 % interval [{lo:+.2f}, {hi:+.2f}] \"\n"
+            "            f\"(this project's mode; the aim is no loss: {verdict})\")"
         ),
         new_markdown_cell(
             "These verdicts are computed from the numbers above and say plainly when a boost did not go the "
@@ -248,6 +274,7 @@ def settings_notebook() -> nbformat.NotebookNode:
             "QUESTIONS = None\n"
             "MODEL = \"baseline:features\"\n"
             "MODEL_OPTIONS = {}\n"
+            "ALLOW_FALLBACK = False # True: if MODEL cannot be built, answer by chance, labelled in every result\n"
             "SUBSET = None\n"
             "SETTINGS = [\"1-shot\", \"0-shot\", \"1-shot+\", \"k-shot:2\", \"in-context:1\"]  # the first is the baseline; add \"k-shot:4\", ...\n"
             "OUT = \"runs\""
@@ -273,9 +300,11 @@ def settings_notebook() -> nbformat.NotebookNode:
             "    if label in paper:\n"
             "        line += table.verdict(label, \"Average\", paper[label], f\"average vs {base_label}\")\n"
             "    else:\n"
-            "        line += f\"average {table.delta(label, 'Average'):+.2f} points vs {base_label} (no paper figure)\"\n"
-            "    print(line)\n"
-            "print(\"\\nanomaly discrimination by setting:\", {l: round(v['Anomaly Detection'], 2) for l, v in zip(table.labels, table.values) if v['Anomaly Detection'] is not None})"
+            "        lo, hi = table.delta_interval(label, \"Average\")\n"
+            "        line += (f\"average {table.delta(label, 'Average'):+.2f} points vs {base_label}, 95 % interval [{lo:+.2f}, {hi:+.2f}] \"\n"
+            "                 + (\"- within noise\" if lo <= 0 <= hi else \"- beyond noise\") + \" (no paper figure)\")\n"
+            "    say(line)\n"
+            "say(\"\\nanomaly discrimination by setting:\", {l: round(v['Anomaly Detection'], 2) for l, v in zip(table.labels, table.values) if v['Anomaly Detection'] is not None})"
         ),
         new_markdown_cell(
             "The offline baseline uses the templates only for anomaly questions (it compares the query's image "
@@ -289,10 +318,34 @@ def settings_notebook() -> nbformat.NotebookNode:
 NOTEBOOKS = {"01_rag.ipynb": rag_notebook, "02_experts.ipynb": experts_notebook, "03_settings.ipynb": settings_notebook}
 
 
-def main() -> None:
+def execute(names, workdir: Path) -> None:
+    """Run the written notebooks top to bottom in `workdir` (one folder for all: the plain run is shared) and keep the outputs."""
+    from nbclient import NotebookClient
+
+    for name in names:
+        nb = nbformat.read(HERE / name, as_version=4)
+        NotebookClient(nb, timeout=1800, kernel_name="python3", resources={"metadata": {"path": str(workdir)}}).execute()
+        for cell in nb.cells:  # drop per-run noise so a re-execution changes only what the notebook computed
+            cell.metadata.pop("execution", None)
+        nbformat.write(nb, HERE / name)
+        print(f"executed {HERE / name}")
+
+
+def main(argv=None) -> None:
+    import argparse
+    import tempfile
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--execute", action="store_true", help="also execute the notebooks on the bundled sample and keep their outputs (default off)")
+    ap.add_argument("--workdir", help="folder the notebooks run in when executing (default: a new temporary folder)")
+    args = ap.parse_args(argv)
     for name, make in NOTEBOOKS.items():
         nbformat.write(make(), HERE / name)
         print(f"wrote {HERE / name}")
+    if args.execute:
+        workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="mmad-notebooks-"))
+        workdir.mkdir(parents=True, exist_ok=True)
+        execute(list(NOTEBOOKS), workdir)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
-"""Regenerate the bundled sample mmad_boost/sample/visa/ from ../shared/data/visa.
+"""Regenerate the bundled sample mmad_boost/sample/visa/ from an original VisA copy (--src).
 
 Images are downscaled so the longer side is 512 px (JPEG quality 90); masks are resized with
 nearest neighbour so their label values survive. CSV files and the licence are copied verbatim.
 
-    .venv/bin/python scripts/make_sample.py [--src ../shared/data/visa] [--dst mmad_boost/sample/visa]
+    .venv/bin/python scripts/make_sample.py --src path/to/VisA [--dst mmad_boost/sample/visa]
 """
 
 from __future__ import annotations
@@ -74,8 +74,8 @@ def convert(src: Path, dst: Path) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--src", type=Path, default=ROOT.parent / "shared" / "data" / "visa")
-    ap.add_argument("--dst", type=Path, default=ROOT / "mmad_boost" / "sample" / "visa")
+    ap.add_argument("--src", type=Path, required=True, help="an original VisA copy (with split_csv/1cls_subset.csv, fryum/, capsules/)")
+    ap.add_argument("--dst", type=Path, default=ROOT / "mmad_boost" / "sample" / "visa", help="output folder (default mmad_boost/sample/visa; replaced)")
     args = ap.parse_args(argv)
     if not (args.src / "split_csv").is_dir():
         raise SystemExit(f"{args.src}: not a VisA folder (no split_csv/); pass --src")

@@ -18,9 +18,14 @@ atexit.register(shutil.rmtree, _CACHE, True)
 sys.path.insert(0, str(Path(__file__).parent))
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
-VISA = SHARED / "data" / "visa"
-MMAD_KNOWLEDGE = SHARED / "data" / "mmad" / "domain_knowledge.json"
+# The bundled VisA sample (fryum, capsules; 512 px), found as the installed package finds it.
+VISA = ROOT / "mmad_boost" / "sample" / "visa"
+# MMAD's own domain_knowledge.json is not shipped (it is MMAD's); its tests run where this names it.
+# Set but missing: the tests fail (a test that cannot find what it was given does not skip).
+MMAD_KNOWLEDGE = Path(os.environ["MMAD_DOMAIN_KNOWLEDGE"]) if os.environ.get("MMAD_DOMAIN_KNOWLEDGE") else None
+needs_mmad_knowledge = pytest.mark.skipif(
+    MMAD_KNOWLEDGE is None, reason="MMAD's domain_knowledge.json is not shipped (it is MMAD's); set MMAD_DOMAIN_KNOWLEDGE=FILE to run this test"
+)
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""hf: adapter on a tiny randomly initialised Qwen2-VL built and saved locally (no downloads)."""
+"""hf: adapter on tiny randomly initialised models of each family, built and saved locally (no downloads)."""
 from __future__ import annotations
 
 import json
@@ -14,71 +14,32 @@ from mmad_boost.models import create_model
 from mmad_boost.prompt import Query, build_prompt
 from mmad_boost.records import read_records
 
-SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
-# A Qwen-style chat template written for the test: images become vision-start/pad/end in place.
-TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
-    "{% if m['content'] is string %}{{ m['content'] }}{% else %}{% for c in m['content'] %}"
-    "{% if c['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
-
-def build_tiny_qwen2_vl(path: Path, *, answer_first_token: bool = False) -> Path:
-    """Save a tiny Qwen2-VL (2 text layers, hidden 32, 1 vision block) with a byte-level tokenizer.
-
-    Token id 0 is "A". With answer_first_token the LM head is zeroed, so greedy decoding always
-    picks id 0: a model that answers "A" through the whole real code path.
-    """
-    import torch
-    import transformers as T
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    alphabet.remove("A")
-    vocab = {t: i for i, t in enumerate(["A"] + alphabet + SPECIAL)}
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.add_special_tokens(SPECIAL)
-    tokenizer = T.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
-    processor = T.Qwen2VLProcessor(
-        image_processor=T.Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=112 * 112),
-        tokenizer=tokenizer,
-        video_processor=T.Qwen2VLVideoProcessor(),
-        chat_template=TEMPLATE,
-    )
-    ids = {t: vocab[t] for t in SPECIAL}
-    config = T.Qwen2VLConfig(
-        text_config=dict(
-            vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, max_position_embeddings=4096, bos_token_id=None, eos_token_id=ids["<|im_end|>"],
-            pad_token_id=ids["<|endoftext|>"], rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [1, 1, 2]},
-        ),
-        vision_config=dict(depth=1, embed_dim=32, hidden_size=32, num_heads=2, mlp_ratio=2, patch_size=14, spatial_merge_size=2, temporal_patch_size=2),
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"], tie_word_embeddings=False,
-    )
-    torch.manual_seed(0)
-    model = T.Qwen2VLForConditionalGeneration(config)
-    if answer_first_token:
-        with torch.no_grad():
-            model.lm_head.weight.zero_()
-    model.generation_config.eos_token_id = ids["<|im_end|>"]
-    model.generation_config.pad_token_id = ids["<|endoftext|>"]
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
-    return path
+from hf_tiny import FAMILIES as TINY_FAMILIES, build_tiny  # noqa: E402  (tests/ is on sys.path)
 
 
 @pytest.fixture(scope="session")
-def tiny_qwen(tmp_path_factory):
-    return build_tiny_qwen2_vl(tmp_path_factory.mktemp("tiny-qwen2-vl"))
+def tiny(tmp_path_factory):
+    """tiny(family, answer_a=False) -> folder of a tiny random model, built once per test session."""
+    root = tmp_path_factory.mktemp("tiny-vlms")
+    built: dict = {}
+
+    def get(family: str, answer_a: bool = False) -> Path:
+        key = (family, answer_a)
+        if key not in built:
+            built[key] = build_tiny(family, root / f"{family}{'-a' if answer_a else ''}", answer_a=answer_a)
+        return built[key]
+
+    return get
 
 
 @pytest.fixture(scope="session")
-def tiny_qwen_answers_a(tmp_path_factory):
-    return build_tiny_qwen2_vl(tmp_path_factory.mktemp("tiny-qwen2-vl-a"), answer_first_token=True)
+def tiny_qwen(tiny):
+    return tiny("qwen2_vl")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen_answers_a(tiny):
+    return tiny("qwen2_vl", answer_a=True)
 
 
 def _prompt():
@@ -171,3 +132,172 @@ def test_corrupt_weights_fail_with_one_line(tiny_qwen, tmp_path):
     with pytest.raises(MmadError, match="cannot load the model") as err:
         create_model(f"hf:{d}")
     assert "\n" not in str(err.value)
+
+
+# -- every family -------------------------------------------------------------------------------
+# (opening of the user turn, opening of the assistant turn) in each family's own chat template
+TEMPLATE_ENDS = {
+    "qwen2_vl": ("<|im_start|>user\n", "<|im_start|>assistant\n"),
+    "qwen2_5_vl": ("<|im_start|>user\n", "<|im_start|>assistant\n"),
+    "llava_onevision": ("<|im_start|>user\n", "<|im_start|>assistant\n"),
+    "idefics3": ("<|begin_of_text|>User:", "Assistant:"),
+    "gemma3": ("<bos><start_of_turn>user\n", "<start_of_turn>model\n"),
+    "internvl": ("<|im_start|>user\n", "<|im_start|>assistant\n"),
+}
+# three shapes whose image-token counts differ in every family but Gemma 3 (fixed 4 per image)
+SHAPES = [(56, 56), (168, 56), (56, 112)]
+COLOURS = [(230, 20, 20), (20, 230, 20), (20, 20, 230)]
+
+
+def _family_prompt(shapes=SHAPES, words=("Template:", " and the query ", " then the expert picture ", "Is it defective?")):
+    from mmad_boost.prompt import Prompt
+
+    parts: list = [words[0]]
+    for i, shape in enumerate(shapes):
+        parts += [Image.new("RGB", shape, COLOURS[SHAPES.index(shape)]), words[i + 1]]  # one colour per shape
+    return Prompt(parts=parts)
+
+
+def _image_token(model) -> int:
+    cfg = model.model.config
+    return getattr(cfg, "image_token_id", None) or cfg.image_token_index
+
+
+def _find(seq: list, sub: list, start: int) -> int:
+    for i in range(start, len(seq) - len(sub) + 1):
+        if seq[i:i + len(sub)] == sub:
+            return i
+    raise AssertionError(f"text part {sub} not found after position {start}")
+
+
+def _frames(pixels):
+    """Pixel tensors as a list of non-padding rows/frames, whatever the family's layout."""
+    x = pixels.float()
+    x = x.reshape(-1, x.shape[-1]) if x.dim() == 2 else x.reshape(-1, *x.shape[-3:])
+    return [f for f in x if f.abs().sum() > 0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", sorted(TINY_FAMILIES))
+def test_family_images_in_prompt_order_own_template_new_text_only(tiny, family):
+    import torch
+
+    from mmad_boost.models.hf_families import FAMILIES
+
+    model = create_model(f"hf:{tiny(family)}", max_new_tokens="4", dtype="float32")
+    assert model.family is FAMILIES[family]
+    tok = model.processor.tokenizer
+    prompt = _family_prompt()
+    ids = model.encode([prompt])["input_ids"][0].tolist()
+    image_id = _image_token(model)
+    # each image alone: how many image tokens it expands to, and its pixels
+    singles = [model.encode([_family_prompt([s], ("a", "b"))]) for s in SHAPES]
+    expected = [int((e["input_ids"] == image_id).sum()) for e in singles]
+    if family != "gemma3":
+        assert len(set(expected)) == 3, expected
+    texts = [p for p in prompt.parts if isinstance(p, str)]
+    spans, pos = [], 0
+    for t in texts:  # the prompt's text parts in order, image tokens only between them
+        at = _find(ids, tok.encode(t, add_special_tokens=False), pos)
+        spans.append((at, at + len(tok.encode(t, add_special_tokens=False))))
+        pos = spans[-1][1]
+    between = [sum(1 for t in ids[a_end:b_start] if t == image_id) for (_, a_end), (b_start, _) in zip(spans, spans[1:])]
+    assert between == expected
+    assert image_id not in ids[: spans[0][0]] and image_id not in ids[spans[-1][1]:]
+    combined = _frames(model.encode([prompt])["pixel_values"])
+    in_order = [f for e in singles for f in _frames(e["pixel_values"])]
+    assert len(combined) == len(in_order) and all(torch.equal(a, b) for a, b in zip(combined, in_order))
+    # the folder's own chat template, special tokens once (no second BOS)
+    text = tok.decode(ids)
+    user, assistant = TEMPLATE_ENDS[family]
+    assert text.startswith(user) and text.endswith(assistant)
+    if tok.bos_token:
+        assert text.count(tok.bos_token) == 1
+    # only the new text: a model that always picks token 0 ("A") answers exactly "AAAA"
+    with torch.no_grad():
+        model.model.lm_head.weight.zero_()
+    assert model.generate(prompt) == "AAAA"
+
+
+def _batch_prompts():
+    return [
+        _family_prompt(),
+        _family_prompt(SHAPES[1:], ("Query:", " ", "A much longer question about the object, its surface and its edges?")),
+        _family_prompt(SHAPES[:1], ("Look", "Defect?")),
+        _family_prompt([SHAPES[2], SHAPES[0]], ("x", "y", "Which option?")),
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", sorted(TINY_FAMILIES))
+def test_family_batched_greedy_equals_one_by_one(tiny, family):
+    model = create_model(f"hf:{tiny(family)}", max_new_tokens="6", dtype="float32", batch_size="4")
+    prompts = _batch_prompts()
+    one_by_one = [model._generate_batch([p])[0] for p in prompts]
+    assert len(set(one_by_one)) > 1  # the prompts really differ
+    assert model._generate_batch(prompts) == one_by_one
+    # per-sample stopping: make a token the first answer produces the end-of-turn token
+    inputs = model.encode(prompts[:1])
+    new = model.model.generate(**inputs, max_new_tokens=6, do_sample=False)[0, inputs["input_ids"].shape[1]:].tolist()
+    stop_id = new[2]
+    model._eos_ids = {stop_id}
+    model.model.generation_config.eos_token_id = stop_id
+    short = [model._generate_batch([p])[0] for p in prompts]
+    assert short[0] == model.processor.decode(new[: new.index(stop_id)], skip_special_tokens=True).strip() != one_by_one[0]
+    assert model._generate_batch(prompts) == short
+
+
+@pytest.mark.slow
+def test_concurrent_callers_are_served_in_batches(tiny_qwen):
+    import threading
+
+    model = create_model(f"hf:{tiny_qwen}", max_new_tokens="5", dtype="float32", batch_size="4", batch_wait="2")
+    prompts = _batch_prompts() * 2
+    expected = [model._generate_batch([p])[0] for p in prompts]
+    model._batcher.peak_callers = 4  # as after the first wave of four runner workers
+    answers: dict = {}
+    start = threading.Barrier(len(prompts))
+
+    def ask(i):
+        start.wait()
+        answers[i] = model.generate(prompts[i])
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(prompts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [answers[i] for i in range(len(prompts))] == expected
+    assert model._batcher.batch_sizes == [4, 4]
+
+
+@pytest.mark.slow
+def test_eval_cli_batched_with_workers(tiny_qwen_answers_a, fixture_root, tmp_path):
+    from mmad_boost.cli import main
+
+    out = tmp_path / "run"
+    argv = ["eval", "--data", str(fixture_root), "--model", f"hf:{tiny_qwen_answers_a}", "--model-option", "max_new_tokens=2",
+            "--model-option", "batch_size=4", "--workers", "4", "--limit", "8", "--no-progress", "--out", str(out)]
+    assert main(argv) == 0
+    records = read_records(out / "records.jsonl")
+    assert len(records) == 8 and {r["response"] for r in records} == {"AA"} and not any(r["error"] for r in records)
+
+
+@pytest.mark.parametrize("remove", ["tokenizer.json", "model.safetensors", "preprocessor_config.json", "config.json"])
+def test_partial_folder_fails_fast_naming_the_file(tmp_path, remove):
+    d = tmp_path / "m"
+    d.mkdir()
+    for f in ["config.json", "model.safetensors", "preprocessor_config.json", "tokenizer.json"]:
+        if f != remove:
+            (d / f).write_text("{}")
+    t0 = time.monotonic()
+    with pytest.raises(MmadError, match=remove.replace(".", r"\.")):
+        create_model(f"hf:{d}", batch_size="4")
+    assert time.monotonic() - t0 < 2
+
+
+def test_bad_batch_options(tmp_path):
+    with pytest.raises(MmadError, match="batch_size"):
+        create_model(f"hf:{tmp_path}", batch_size="0")
+    with pytest.raises(MmadError, match="not valid"):
+        create_model(f"hf:{tmp_path}", batch_size="many")

@@ -91,7 +91,7 @@ def _object(colour=(200, 120, 40), defect=False, size=96):
 def test_by_hand_quickstart_rag_and_expert():
     base = Recorder()
     retriever = CountingRetriever()
-    model = BoostedModel(base, rag=retriever, expert=BoxExpert(), visualization="bbox")
+    model = BoostedModel(base, rag=retriever, expert=BoxExpert(), viz="bbox")
     template, query = _object(), _object(defect=True)
     answer = model([template, query], "Is there any defect in the object? A. Yes B. No")
     assert answer == "Answer: A"
@@ -119,7 +119,7 @@ def test_by_hand_errors_are_one_line():
     with pytest.raises(MmadError, match="mask"):
         BoostedModel(Recorder(), expert="gt")([_object()], "Q?")
     with pytest.raises(MmadError, match="visualization"):
-        BoostedModel(Recorder(), expert="gt", visualization="arrows")
+        BoostedModel(Recorder(), expert="gt", viz="arrows")
     with pytest.raises(MmadError, match="needs an expert"):
         BoostedModel(Recorder(), calibrated=True)
     with pytest.raises(MmadError, match="not found"):
@@ -143,7 +143,7 @@ def test_in_runner_prepares_once_per_image_and_traces(fixture_root, tmp_path):
     bench = Benchmark(fixture_root)
     base = Recorder()
     retriever = CountingRetriever()
-    model = BoostedModel(base, rag=retriever, expert="gt", visualization="contour")
+    model = BoostedModel(base, rag=retriever, expert="gt", viz="contour")
     prepared = []
     real_prepare = model.prepare
 
@@ -209,14 +209,21 @@ def test_compare_cli_deltas(fixture_root, tmp_path, capsys):
     assert main(["compare", str(plain), str(gt)]) == 0
     md = capsys.readouterr().out
     line = next(l for l in md.splitlines() if l.startswith("| gt |"))
-    assert f"{b['Average']:.2f} ({b['Average'] - a['Average']:+.2f})" in line
+    assert f"{b['Average']:.2f} ({b['Average'] - a['Average']:+.2f} [" in line  # the delta, then its paired interval
     table = compare_runs([plain, gt], labels=["plain", "+gt"])
     assert table.delta("+gt", "Average") == pytest.approx(b["Average"] - a["Average"])
     assert main(["compare", str(tmp_path / "missing")]) == 2
     # the plain sentences the notebooks print, and the count of answers a boost changed
     d = b["Defect Localization"] - a["Defect Localization"]
     sentence = table.verdict("+gt", "Defect Localization", +21.29)
-    assert f"{d:+.2f} points" in sentence and ("NOT" in sentence) == (d <= 0)
+    assert f"{d:+.2f} points" in sentence
+    lo, hi = table.delta_interval("+gt", "Defect Localization")
+    if lo == hi == 0:
+        assert "no change" in sentence
+    elif lo <= 0 <= hi:
+        assert "within noise" in sentence and "NOT" not in sentence
+    else:
+        assert ("NOT" in sentence) == (d <= 0) and "beyond noise" in sentence
     changed, total = changed_answers(plain, gt)
     pa = {r["qid"]: r["gpt_answer"] for r in run_records(plain)}
     pb = {r["qid"]: r["gpt_answer"] for r in run_records(gt)}
@@ -263,7 +270,7 @@ def test_quickstart_as_written_on_bundled_images():
     sample = Path(__file__).resolve().parents[1] / "mmad_boost" / "sample" / "visa" / "fryum" / "Data" / "Images"
     images = [Image.open(sample / "Normal" / "000.JPG").convert("RGB"), Image.open(sample / "Anomaly" / "000.JPG").convert("RGB")]
     base = Recorder()
-    model = BoostedModel(base, rag=True, expert="patchcore", visualization="bbox")
+    model = BoostedModel(base, rag=True, expert="patchcore", viz="bbox")
     answer = model(images, "Is there any defect in the object? A. Yes B. No")
     assert answer == "Answer: A"
     tr = model.last_trace
@@ -283,7 +290,7 @@ def test_folder_of_fitted_experts_per_category(fixture_root, tmp_path):
     folder = tmp_path / "experts"
     create_expert("gt").save(folder / "MVTec-AD" / "widget")
     bench = Benchmark(fixture_root)
-    model = BoostedModel(Recorder(), expert=folder, visualization="bbox")
+    model = BoostedModel(Recorder(), expert=folder, viz="bbox")
     assert model.config()["expert"]["source"] == f"folder:{folder}"
     Runner(bench, model, tmp_path / "run", progress=False).run(bench.select(categories=["widget"]))
     recs = run_records(tmp_path / "run")

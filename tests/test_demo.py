@@ -7,13 +7,17 @@ import pytest
 from conftest import ROOT
 
 from mmad_boost.cli import main
-from mmad_boost.demo import DEMO_RUNS, QUICK_QUESTIONS, SAMPLE, DemoRun, run_demo
+from mmad_boost import demo
+from mmad_boost.demo import DEMO_RUNS, QUICK_QUESTIONS, DemoRun, run_demo
 from mmad_boost.errors import MmadError
 from mmad_boost.records import run_records
+from mmad_boost.resources import sample_root
+
+SAMPLE = sample_root()
 
 
 def test_bundled_sample_is_complete_and_attributed():
-    assert SAMPLE == ROOT / "mmad_boost" / "sample" / "visa"
+    assert SAMPLE == ROOT / "mmad_boost" / "sample" / "visa"  # found through importlib.resources: this checkout's
     notice = (SAMPLE / "NOTICE").read_text()
     assert "CC BY 4.0" in notice and "SPot-the-Difference" in notice and "512 px" in notice
     assert (SAMPLE / "LICENSE-DATASET").read_text().startswith("Attribution 4.0 International")
@@ -56,5 +60,20 @@ def test_default_runs_cover_plain_and_the_boosts():
 def test_demo_quick_cli(tmp_path, capsys):
     assert main(["demo", "--quick", "--no-progress", "--out", str(tmp_path / "d")]) == 0
     out = capsys.readouterr().out
-    assert "| plain |" in out and "comparison:" in out
+    assert "| plain |" in out and "| rag-image |" in out and "comparison:" in out
     assert len(run_records(tmp_path / "d" / "runs" / "plain")) == QUICK_QUESTIONS
+
+
+@pytest.mark.slow  # builds the sample benchmark: ~8 s
+def test_demo_exits_2_naming_a_row_that_could_not_run(tmp_path, capsys, monkeypatch):
+    def broken(base, out):
+        raise MmadError("the shipped knowledge base is missing")
+
+    runs = [DemoRun("plain", lambda base, out: base, quick=True), DemoRun("rag-image", broken, quick=True)]
+    monkeypatch.setattr(demo, "DEMO_RUNS", runs)
+    monkeypatch.setattr(demo, "base_model_spec", lambda: ("baseline:random", None))
+    assert main(["demo", "--quick", "--no-progress", "--out", str(tmp_path / "d")]) == 2
+    captured = capsys.readouterr()
+    assert "| plain |" in captured.out  # the rows that ran are still reported
+    last = captured.err.strip().splitlines()[-1]
+    assert last.startswith("error: demo: 1 of its rows could not run (rag-image: the shipped knowledge base is missing)")

@@ -56,7 +56,7 @@ def test_fit_eval_calibrated_marks_fewer_normals_and_render(tmp_path, capsys, mo
     meta = json.loads((exp / "expert.json").read_text())
     assert meta["category"] == "VisA/fryum" and len(meta["calibration_images"]) == 3 and meta["image_threshold"] > 0
 
-    assert main(["expert", "eval", "--expert-dir", str(exp), "--data", str(root), "--json"]) == 0
+    assert main(["expert", "eval", "--expert", str(exp), "--data", str(root), "--json"]) == 0
     faithful = last_json(capsys)
     assert faithful["normal"] == 5 and faithful["defective"] == 15
     assert faithful["false_mark_rate"] == 1.0  # MMAD's pictures mark every normal image
@@ -64,7 +64,7 @@ def test_fit_eval_calibrated_marks_fewer_normals_and_render(tmp_path, capsys, mo
     assert faithful["ms_per_image"] > 0
     assert any((tmp_path / "cache" / "mmad-boost" / "maps").glob("*.npy"))
 
-    assert main(["expert", "eval", "--expert-dir", str(exp), "--data", str(root), "--calibrated", "--json"]) == 0
+    assert main(["expert", "eval", "--expert", str(exp), "--data", str(root), "--calibrated", "--json"]) == 0
     calibrated = last_json(capsys)
     assert calibrated["ms_per_image"] is None  # every map came from the cache
     assert calibrated["image_auroc"] == pytest.approx(faithful["image_auroc"])
@@ -73,7 +73,7 @@ def test_fit_eval_calibrated_marks_fewer_normals_and_render(tmp_path, capsys, mo
 
     bad = next((root / "VisA/fryum/test/bad").iterdir())
     out = tmp_path / "pics"
-    assert main(["expert", "render", "--expert-dir", str(exp), str(bad), "--out", str(out)]) == 0
+    assert main(["expert", "render", "--expert", str(exp), str(bad), "--out", str(out)]) == 0
     pics = sorted(p.name for p in out.glob("*.png"))
     assert pics == sorted(f"{bad.stem}_{s}.png" for s in ("bbox", "contour", "highlight", "mask", "heatmap"))
     sentences = json.loads((out / "sentences.json").read_text())
@@ -86,7 +86,7 @@ def test_gt_expert_cli_hits_every_defect_and_marks_no_normal(tmp_path, capsys, m
     root = make_bench(tmp_path / "data", n_train=2)
     exp = tmp_path / "gt"
     assert main(["expert", "fit", "--data", str(root), "--category", "VisA/capsules", "--expert", "gt", "--out", str(exp)]) == 0
-    assert main(["expert", "eval", "--expert-dir", str(exp), "--data", str(root), "--viz", "contour", "--json"]) == 0
+    assert main(["expert", "eval", "--expert", str(exp), "--data", str(root), "--viz", "contour", "--json"]) == 0
     res = last_json(capsys)
     assert res["expert"] == "gt" and res["hit_rate"] == 1.0 and res["false_mark_rate"] == 0.0
     assert res["image_auroc"] == 1.0 and res["pixel_auroc"] > 0.99
@@ -98,6 +98,6 @@ def test_cli_user_errors_are_one_line(tmp_path, capsys):
     assert "DATASET/CATEGORY" in capsys.readouterr().err
     assert main(["expert", "fit", "--data", str(root), "--category", "VisA/capsules", "--out", str(tmp_path / "x")]) == 2
     assert "at least 2" in capsys.readouterr().err
-    assert main(["expert", "eval", "--expert-dir", str(tmp_path / "none"), "--data", str(root)]) == 2
+    assert main(["expert", "eval", "--expert", str(tmp_path / "none"), "--data", str(root)]) == 2
     err = capsys.readouterr().err
     assert "expert.json" in err and len(err.strip().splitlines()) == 1

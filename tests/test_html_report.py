@@ -27,7 +27,7 @@ ARTIFACTS = ROOT / "test-artifacts"
 
 # -- a small MMAD-format benchmark from the real VisA images ----------------------
 def make_visa_bench(root: Path, per_split: int = 3, px: int = 256) -> Path:
-    """MMAD layout (VisA/<cat>/{train,test}/...) with downscaled copies of the shared VisA files."""
+    """MMAD layout (VisA/<cat>/{train,test}/...) with downscaled copies of the bundled VisA sample."""
     labels = {}
     for cat in ("fryum", "capsules"):
         with open(VISA / cat / "image_anno.csv") as f:

@@ -3,12 +3,12 @@ import json
 
 import pytest
 
-from conftest import MMAD_KNOWLEDGE, ROOT
+from conftest import MMAD_KNOWLEDGE, ROOT, needs_mmad_knowledge
 from mmad_boost.errors import MmadError
 from mmad_boost.retrieval import KnowledgeRetriever, import_mmad_knowledge, load_knowledge
 from mmad_boost.retrieval.knowledge import DEFAULT_BUDGET
 
-needs_mmad = pytest.mark.skipif(not MMAD_KNOWLEDGE.is_file(), reason="MMAD's domain_knowledge.json not available")
+needs_mmad = needs_mmad_knowledge
 
 
 @needs_mmad

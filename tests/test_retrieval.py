@@ -10,12 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import MMAD_KNOWLEDGE, ROOT, VISA
+from conftest import MMAD_KNOWLEDGE, ROOT, VISA, needs_mmad_knowledge
 from mmad_boost.cli import main
 from mmad_boost.errors import MmadError
 from mmad_boost.retrieval import KnowledgeRetriever, LangchainKnowledgeRetriever, VectorStore
 
-pytestmark = pytest.mark.skipif(not VISA.is_dir(), reason="VisA sample images not available")
 CATS = ("fryum", "capsules")
 N_REFS, N_GOOD, N_BAD = 3, 2, 3
 
@@ -147,7 +146,7 @@ def test_kb_build_errors_are_one_line(fixture_root, tmp_path, capsys):
     assert "knowledge path not found" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(not MMAD_KNOWLEDGE.is_file(), reason="MMAD's domain_knowledge.json not available")
+@needs_mmad_knowledge
 def test_kb_build_with_mmad_knowledge(visa_root, tmp_path):
     out = tmp_path / "kb"
     assert main(["kb", "build", "--data", str(visa_root), "--mmad-knowledge", str(MMAD_KNOWLEDGE), "--refs-per-category", "1", "--out", str(out)]) == 0

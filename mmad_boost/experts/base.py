@@ -4,11 +4,16 @@ An expert fits on normal images of a category (or on nothing, for zero-shot), th
 into an anomaly map at image size and an image score. Once calibrated on held-out normal images it
 also decides "anomalous or not" and knows which pixel values count as anomalous.
 
-Calibration rule (documented contract, see experts/README.md):
-- image threshold = max of the held-out normal image scores when fewer than 20 are given, else
-  their 99th percentile; times `margin` (default 1.0). Score > threshold -> anomalous.
-- pixel threshold = the 99.9th percentile of all pixel values of the held-out normal maps, but
-  never above the image threshold (so a detected image always has a region to draw).
+Calibration rule (documented contract, see experts/README.md): every training normal gets a
+score from a model that did not see it (PatchCore: the bank without that image's entries; other
+experts: k-fold refits), and the thresholds sit at a target false-mark rate `a` (default 0.1):
+- image threshold = the ceil((n+1)(1-a))-th smallest of the n normal image scores (a conformal
+  quantile: a new normal image scores above it with probability at most `a`), times `margin`;
+  with fewer than 1/a - 1 normals no such bound exists and the largest score is used;
+- pixel threshold = the same quantile of the normal maps' maxima (a new normal map has any pixel
+  above it with probability at most `a`), never above the image threshold, so a detected image
+  has a region to draw.
+The normal scores are stored with the expert, so the rate can be changed without refitting.
 """
 from __future__ import annotations
 
@@ -21,9 +26,12 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
+from ..atomic import save_npy, write_text
 from ..errors import MmadError
 
 FORMAT_VERSION = 1
+DEFAULT_FALSE_MARKS = 0.1  # target share of normal images marked; see docs/benchmarks.md for the choice
+CALIBRATION_FOLDS = 5  # k-fold refits for experts that cannot score a normal without refitting
 
 
 @dataclass
@@ -52,15 +60,49 @@ def array_hash(*arrays: np.ndarray, extra: str = "") -> str:
     return h.hexdigest()[:20]
 
 
-def calibration_thresholds(scores: Sequence[float], maps: Sequence[np.ndarray], margin: float = 1.0) -> tuple[float, float]:
-    """(image threshold, pixel threshold) from normal images' scores and maps; see module doc."""
-    scores = np.asarray(list(scores), dtype=np.float64)
-    if scores.size == 0:
+def check_false_marks(rate) -> float:
+    try:
+        rate = float(rate)
+    except (TypeError, ValueError):
+        rate = -1.0
+    if not 0 < rate < 1:
+        raise MmadError(f"false-mark rate {rate!r}: use a fraction between 0 and 1 of normal images the expert may mark, e.g. 0.1")
+    return rate
+
+
+def conformal_threshold(scores: Sequence[float], false_marks: float) -> float:
+    """The ceil((n+1)(1-a))-th smallest score (the largest when that exceeds n): for exchangeable
+    normal scores, P(new normal score > it) <= a (or 1/(n+1) when capped)."""
+    s = np.sort(np.asarray(list(scores), dtype=np.float64))
+    if s.size == 0:
+        raise MmadError("calibration needs at least one normal image score; give more normal images")
+    k = int(np.ceil((s.size + 1) * (1 - check_false_marks(false_marks))))
+    return float(s[min(k, s.size) - 1])
+
+
+def calibration_thresholds(scores: Sequence[float], maps_or_maxima: Sequence, margin: float = 1.0,
+                           false_marks: float = DEFAULT_FALSE_MARKS) -> tuple[float, float]:
+    """(image threshold, pixel threshold) from normal images' scores and maps (or map maxima); see module doc."""
+    scores = list(scores)
+    if not scores:
         raise MmadError("calibration needs at least one held-out normal image; give more normal images")
-    image_t = float(scores.max() if scores.size < 20 else np.quantile(scores, 0.99)) * margin
-    pixels = np.concatenate([np.asarray(m, dtype=np.float32).ravel() for m in maps])
-    pixel_t = min(float(np.quantile(pixels, 0.999)), image_t)
-    return image_t, pixel_t
+    maxima = [float(np.max(m)) for m in maps_or_maxima]
+    image_t = conformal_threshold(scores, false_marks) * margin
+    return image_t, min(conformal_threshold(maxima, false_marks), image_t)
+
+
+@dataclass
+class NormalScores:
+    """What calibration learned from the normal images: kept in the expert folder."""
+    scores: list[float]  # image scores of normal images, each from a model that had not seen it
+    map_max: list[float]  # their maps' maxima
+    method: str  # leave-one-out, k-fold or holdout
+    false_marks: float = DEFAULT_FALSE_MARKS
+    margin: float = 1.0
+
+    def to_json(self) -> dict:
+        return {"method": self.method, "false_marks": self.false_marks, "margin": self.margin,
+                "normal_scores": [round(float(v), 6) for v in self.scores], "normal_map_max": [round(float(v), 6) for v in self.map_max]}
 
 
 class Expert:
@@ -77,6 +119,7 @@ class Expert:
         self.fitted = False
         self.image_threshold: float | None = None
         self.pixel_threshold: float | None = None
+        self.normals: NormalScores | None = None  # set by calibration; None for folders written before it was kept
 
     # -- protocol -------------------------------------------------------------
     def fit(self, images: list[Image.Image]) -> "Expert":
@@ -102,10 +145,26 @@ class Expert:
     def calibrated(self) -> bool:
         return self.image_threshold is not None
 
-    def calibrate(self, normal_images: list[Image.Image], *, margin: float = 1.0, templates: list[Image.Image] | None = None) -> "Expert":
+    def calibrate(self, normal_images: list[Image.Image], *, margin: float = 1.0, templates: list[Image.Image] | None = None,
+                  false_marks: float = DEFAULT_FALSE_MARKS) -> "Expert":
+        """Calibrate on held-out normal images (not seen by fit)."""
         outs = [self.predict(im, templates=templates) for im in normal_images]
-        self.image_threshold, self.pixel_threshold = calibration_thresholds([o.score for o in outs], [o.map for o in outs], margin)
+        return self.calibrate_from(NormalScores([o.score for o in outs], [float(o.map.max()) for o in outs], "holdout", false_marks, margin))
+
+    def calibrate_from(self, normals: NormalScores) -> "Expert":
+        self.normals = normals
+        return self.set_false_marks(normals.false_marks)
+
+    def set_false_marks(self, rate: float) -> "Expert":
+        """Move the thresholds to another target false-mark rate (no refit: uses the stored normal scores)."""
+        if self.normals is None:
+            raise MmadError(f"expert {self.name}: no stored normal scores to recalibrate from (folder written by an older version); refit with `mmad-boost expert fit`")
+        self.normals.false_marks = check_false_marks(rate)
+        self.image_threshold, self.pixel_threshold = calibration_thresholds(self.normals.scores, self.normals.map_max, self.normals.margin, rate)
         return self
+
+    def predict_batch(self, images: list[Image.Image], *, templates: list[Image.Image] | None = None) -> list[ExpertOutput]:
+        return [self.predict(im, templates=templates) for im in images]
 
     # -- identity and persistence ----------------------------------------------
     def config(self) -> dict:
@@ -128,13 +187,15 @@ class Expert:
         d.mkdir(parents=True, exist_ok=True)
         state = self._state()
         for k, a in state.items():
-            np.save(d / f"{k}.npy", a, allow_pickle=False)
+            save_npy(d / f"{k}.npy", a)  # atomic: a full disk leaves no half array
         meta = {
             "format": FORMAT_VERSION, "kind": self.kind, "config": self.config(), "fitted": self.fitted,
             "arrays": sorted(state), "image_threshold": self.image_threshold, "pixel_threshold": self.pixel_threshold,
             "state_id": self.state_id,
         }
-        (d / "expert.json").write_text(json.dumps(meta, indent=1))
+        if self.normals is not None:
+            meta["calibration"] = self.normals.to_json()
+        write_text(d / "expert.json", json.dumps(meta, indent=1))
         return d
 
 
@@ -154,16 +215,60 @@ def holdout_split(files: Sequence, holdout: float) -> tuple[list, list]:
     return files[: len(files) - n_cal], files[len(files) - n_cal:]
 
 
-def fit_and_calibrate(expert, fit_images: list[Image.Image], calibration_images: list[Image.Image], *, margin: float = 1.0):
-    """Fit on normal images (experts that learn nothing skip it) and calibrate on held-out ones.
-    A few-shot expert scores each held-out image against the first fitting image as its template,
-    as MMAD's 1-shot queries are scored."""
-    if learns_from_normals(expert):
-        expert.fit(fit_images)
+def fit_and_calibrate(expert, fit_images: list[Image.Image], calibration_images: list[Image.Image] | None = None, *,
+                      margin: float = 1.0, false_marks: float = DEFAULT_FALSE_MARKS, folds: int = CALIBRATION_FOLDS, progress=None):
+    """Fit on normal images (experts that learn nothing skip it) and calibrate at a target false-mark rate.
+
+    Without `calibration_images` every fitting image is also a calibration image, scored by a model
+    that did not see it: the expert's own `fit_and_score_normals` (PatchCore: leave one image out
+    of the fitted bank), else `folds`-fold refits on copies. With them (the older hold-out way) the
+    expert fits on `fit_images` only; a few-shot expert scores each held-out image against the first
+    fitting image as its template, as MMAD's 1-shot queries are scored.
+    """
+    check_false_marks(false_marks)
+    if getattr(expert, "needs_mask", False):
+        return expert.fit(fit_images) if fit_images else expert  # the ground truth: nothing to calibrate
     if calibration_images:
+        if learns_from_normals(expert):
+            expert.fit(fit_images)
         few_shot = getattr(expert, "needs_templates", False)
-        expert.calibrate(calibration_images, margin=margin, templates=fit_images[:1] if few_shot else None)
-    return expert
+        return expert.calibrate(calibration_images, margin=margin, templates=fit_images[:1] if few_shot else None, false_marks=false_marks)
+    if len(fit_images) < 2:
+        raise MmadError(f"calibration from the training normals needs at least 2 images; found {len(fit_images)}")
+    own = getattr(expert, "fit_and_score_normals", None)
+    if type(expert).fit is Expert.fit and isinstance(expert, Expert):  # zero-shot: nothing learnt, every normal is unseen
+        expert.fit(fit_images)
+        outs = [expert.predict(im) for im in fit_images]
+        scores, maxima, method = [o.score for o in outs], [float(np.max(o.map)) for o in outs], "zero-shot"
+    elif callable(own):
+        scores, maxima = own(fit_images, progress=progress)
+        method = "leave-one-out" if learns_from_normals(expert) else "next-image template"
+    else:
+        scores, maxima, method = _kfold_scores(expert, fit_images, folds, progress), None, f"{min(folds, len(fit_images))}-fold"
+        maxima = [m for _, m in scores]
+        scores = [s for s, _ in scores]
+        if learns_from_normals(expert):
+            expert.fit(fit_images)
+    return expert.calibrate_from(NormalScores(list(map(float, scores)), list(map(float, maxima)), method, false_marks, margin))
+
+
+def _kfold_scores(expert, images, folds, progress) -> list[tuple[float, float]]:
+    """(score, map max) of each image from a copy of the unfitted expert fitted on the other folds."""
+    import copy
+
+    k = max(2, min(int(folds), len(images)))
+    out: list = [None] * len(images)
+    for f in range(k):
+        held = list(range(f, len(images), k))
+        rest = [im for i, im in enumerate(images) if i % k != f]
+        part = copy.deepcopy(expert)
+        part.fit(rest)
+        for i in held:
+            o = part.predict(images[i])
+            out[i] = (float(o.score), float(np.max(o.map)))
+        if progress is not None:
+            progress("calibration folds", f + 1, k)
+    return out
 
 
 def _registry() -> dict[str, Any]:
@@ -177,6 +282,12 @@ def _looks_like_expert(obj) -> bool:
     return callable(getattr(obj, "predict", None))
 
 
+# MMAD's expert runs (protocol §7): PatchCore fitted per query on its templates at 224 px, coreset
+# keeping 99 %, the nearest template patch's distance, GrabCut foreground. The backbone stays this
+# machine's (EfficientNet-Lite0 strides 8+16 for WideResNet-50 layer2+3: docs/faithful.md).
+MMAD_FEWSHOT = {"size": 224, "coreset_ratio": 0.99, "knn": 1, "topk": 0.0, "foreground": True}
+
+
 def create_expert(name: Any, **kw) -> Expert:
     """An expert by name: patchcore, patchcore-fewshot, gt, anomalyclip, anomalib:<Model>; a fitted
     expert folder; or a user object with `predict` (returned as is)."""
@@ -188,7 +299,7 @@ def create_expert(name: Any, **kw) -> Expert:
     if Path(spec).is_dir() and (Path(spec) / "expert.json").is_file():
         return load_expert(spec)
     if spec in ("patchcore-fewshot", "patchcore-few-shot"):
-        spec, kw = "patchcore", {**kw, "mode": "few-shot"}
+        spec, kw = "patchcore", {**MMAD_FEWSHOT, **kw, "mode": "few-shot"}
     if spec.startswith("anomalib:"):
         from .anomalib_adapter import AnomalibExpert
 
@@ -205,16 +316,13 @@ def create_expert(name: Any, **kw) -> Expert:
     return reg[spec](**kw)
 
 
-def load_expert(directory: str | Path) -> Expert:
-    """A saved expert (expert.json + .npy arrays; no pickle)."""
-    d = Path(directory)
-    meta_file = d / "expert.json"
-    if not meta_file.is_file():
-        raise MmadError(f"{meta_file} not found; pass a folder written by `mmad-boost expert fit` or expert.save()")
-    try:
-        meta = json.loads(meta_file.read_text())
-    except json.JSONDecodeError as e:
-        raise MmadError(f"{meta_file}: not valid JSON ({e.msg}); refit the expert") from None
+def load_expert(directory: str | Path, *, false_marks: float | None = None) -> Expert:
+    """A saved expert (expert.json + .npy arrays; no pickle); `false_marks` moves its thresholds
+    to that target rate using the normal scores stored at fit time."""
+    from .folder_schema import read_folder
+
+    meta, arrays = read_folder(directory)  # expert.json checked against the schema, .npy headers before allocation
+    meta_file = Path(directory) / "expert.json"
     kind, config = meta.get("kind"), dict(meta.get("config", {}))
     if kind == "anomalib":
         kind = f"anomalib:{config.pop('model', 'Patchcore')}"
@@ -225,19 +333,20 @@ def load_expert(directory: str | Path) -> Expert:
             config.pop("mode")
             kind = "patchcore-fewshot"
     expert = create_expert(kind, **config)
-    arrays = {}
-    for k in meta.get("arrays", []):
-        f = d / f"{k}.npy"
-        if not f.is_file():
-            raise MmadError(f"{f} missing from the expert folder; refit with `mmad-boost expert fit`")
-        try:
-            arrays[k] = np.load(f, allow_pickle=False)
-        except (ValueError, OSError, EOFError) as e:  # damaged, or an object array that would need pickle
-            raise MmadError(f"{f}: not a plain NumPy array file ({e}); refit with `mmad-boost expert fit`") from None
     expert._load_state(arrays)
     expert.fitted = bool(meta.get("fitted", True))
     expert.image_threshold = meta.get("image_threshold")
     expert.pixel_threshold = meta.get("pixel_threshold")
+    cal = meta.get("calibration")
+    if isinstance(cal, dict):  # folders from before stored scores have thresholds only
+        try:
+            expert.normals = NormalScores([float(v) for v in cal["normal_scores"]], [float(v) for v in cal["normal_map_max"]],
+                                          str(cal.get("method", "?")), check_false_marks(cal.get("false_marks", DEFAULT_FALSE_MARKS)),
+                                          float(cal.get("margin", 1.0)))
+        except (KeyError, TypeError, ValueError, MmadError) as e:
+            raise MmadError(f"{meta_file}: field 'calibration' is damaged ({e}); refit with `mmad-boost expert fit`") from None
+    if false_marks is not None:
+        expert.set_false_marks(false_marks)
     return expert
 
 
@@ -272,9 +381,6 @@ def cached_predict(expert, image: Image.Image, cache_dir: str | Path | None, *, 
         except (OSError, ValueError, KeyError):
             pass  # a torn cache entry: recompute
     out = expert.predict(image, **kwargs)
-    d.mkdir(parents=True, exist_ok=True)
-    tmp = d / f".{key}.tmp.npy"
-    np.save(tmp, np.asarray(out.map, dtype=np.float16), allow_pickle=False)
-    tmp.replace(map_file)
-    meta_file.write_text(json.dumps({"score": out.score}))
+    save_npy(map_file, np.asarray(out.map, dtype=np.float16))  # unique temporary names: threads sharing a cache never collide
+    write_text(meta_file, json.dumps({"score": out.score}))
     return out

@@ -5,6 +5,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import MmadError
+from ..rendering import gt_binary
 from .base import Expert
 
 
@@ -30,7 +31,7 @@ class GroundTruthExpert(Expert):
         m = np.asarray(mask)
         if m.ndim == 3:
             m = m.max(axis=2)
-        m = (m > 0).astype(np.float32)  # label masks (0..k) binarised
+        m = gt_binary(m).astype(np.float32)  # MMAD's reading: max 1 as is, max 255 // 255, else > 0
         if m.shape != (h, w):
             if m.shape[0] * w != m.shape[1] * h and abs(m.shape[0] / m.shape[1] - h / w) > 0.02:
                 raise MmadError(f"gt expert: mask size {m.shape[1]}x{m.shape[0]} does not match the image {w}x{h}; pass the image's own mask")

@@ -12,10 +12,12 @@ sample at 384 px (docs/benchmarks.md). knn=1, topk=0 is the paper's largest patc
 reweight=True its eq. 7 density damping of it. Map = patch scores upsampled bilinearly and
 Gaussian-smoothed (sigma 4 px at the working size), then resized to the image. Input 384 px by
 default: MMAD's defects are often under 0.1 % of the image, below one stride-8 patch at 256 px.
-Optional foreground filter as MMAD did (protocol §7).
+`foreground=True` marks the expert for MMAD's GrabCut filter: the renderer zeroes the map outside
+the foreground of the drawn query, where MMAD's code did it (rendering.mmad_foreground).
 
 Modes: `full` fits once on all normal images of a category; `few-shot` (MMAD's set-up) fits per
-query on the template images given to `predict` (no coreset: the bank is small).
+query on the template images given to `predict` (coreset keeping `coreset_ratio`, 99 % by default
+as MMAD; `patchcore-fewshot` is MMAD's whole set-up, experts.base.MMAD_FEWSHOT).
 """
 from __future__ import annotations
 
@@ -87,11 +89,12 @@ def shared_backbone(spec: str):
         return _BACKBONES[spec]
 
 
-def greedy_coreset(features: np.ndarray, n: int, *, seed: int = 0, proj_dim: int = 128) -> np.ndarray:
+def greedy_coreset(features: np.ndarray, n: int, *, seed: int = 0, proj_dim: int = 128, progress=None) -> np.ndarray:
     """Indices of `n` rows chosen by greedy k-center selection (distances on a random projection).
 
     Squared distances via |x|^2 - 2 x.c + |c|^2 into preallocated buffers: the loop allocates
     nothing of size N x d, which kept it memory-bound (and, with mmap'd allocations, in the kernel).
+    `progress(stage, done, total)` is called every 256 picks.
     """
     import torch
 
@@ -106,12 +109,16 @@ def greedy_coreset(features: np.ndarray, n: int, *, seed: int = 0, proj_dim: int
     chosen = [start]
     dmin = torch.addmv(sq + sq[start], x, x[start], alpha=-2)
     d = torch.empty_like(dmin)
-    for _ in range(n - 1):
+    for step in range(n - 1):
+        if progress is not None and step % 256 == 0:
+            progress("coreset", step, n)
         i = int(torch.argmax(dmin))
         chosen.append(i)
         torch.addmv(sq, x, x[i], alpha=-2, out=d)
         d += sq[i]
         torch.minimum(dmin, d, out=dmin)
+    if progress is not None:
+        progress("coreset", n, n)
     return np.array(chosen)
 
 
@@ -129,35 +136,29 @@ def top_mean(scores: np.ndarray, topk: float) -> float:
     return float(np.partition(scores.ravel(), scores.size - n)[-n:].mean())
 
 
-def foreground_mask(image: Image.Image, work: int = 256) -> np.ndarray | None:
-    """MMAD's filter: GrabCut from a rectangle 1 % inside the border; None when under 5 % is found."""
+def foreground_mask(image: Image.Image) -> np.ndarray | None:
+    """MMAD's GrabCut foreground of the image as drawn (rendering.mmad_foreground), at the image's
+    size; None when the filter is skipped (under 5 % found)."""
     import cv2
 
-    w, h = image.size
-    s = min(1.0, work / max(w, h))
-    small = np.asarray(image.convert("RGB").resize((max(8, round(w * s)), max(8, round(h * s)))))[:, :, ::-1].copy()
-    sh, sw = small.shape[:2]
-    mx, my = max(1, round(sw * 0.01)), max(1, round(sh * 0.01))
-    mask = np.zeros((sh, sw), np.uint8)
-    bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
-    cv2.setRNGSeed(0)
-    cv2.grabCut(small, mask, (mx, my, sw - 2 * mx, sh - 2 * my), bgd, fgd, 5, cv2.GC_INIT_WITH_RECT)
-    fg = (mask == cv2.GC_FGD) | (mask == cv2.GC_PR_FGD)
-    if fg.mean() < 0.05:
-        return None
-    return cv2.resize(fg.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST).astype(bool)
+    from ..rendering import mmad_foreground, scale_image
+
+    fg = mmad_foreground(scale_image(image))
+    return None if fg is None else cv2.resize(fg.astype(np.uint8), image.size, interpolation=cv2.INTER_NEAREST).astype(bool)
 
 
 class PatchCore(Expert):
     name = kind = "patchcore"
     resample = "bilinear"
 
-    def __init__(self, backbone: str = DEFAULT_BACKBONE, mode: str = "full", size: int = 384, coreset_ratio: float = 0.1,
+    def __init__(self, backbone: str = DEFAULT_BACKBONE, mode: str = "full", size: int = 384, coreset_ratio: float | None = None,
                  sigma: float = 4.0, foreground: bool = False, seed: int = 0, batch: int = 8, reweight: bool = False,
                  topk: float | None = None, knn: int | None = None):
         super().__init__()
         if mode not in ("full", "few-shot"):
             raise MmadError(f"patchcore mode {mode!r}: use full or few-shot")
+        if coreset_ratio is None:  # few-shot banks are small: MMAD kept 99 %
+            coreset_ratio = 0.1 if mode == "full" else 0.99
         if not 0 < float(coreset_ratio) <= 1:
             raise MmadError(f"patchcore coreset_ratio {coreset_ratio}: use a fraction in (0, 1]")
         self.backbone, self.mode, self.size = backbone or DEFAULT_BACKBONE, mode, int(size)
@@ -188,8 +189,8 @@ class PatchCore(Expert):
                 "knn": self.knn}
 
     # -- features ------------------------------------------------------------------
-    def features(self, images: list[Image.Image]) -> np.ndarray:
-        """Patch features, shape (N, h, w, C)."""
+    def features(self, images: list[Image.Image], progress=None) -> np.ndarray:
+        """Patch features, shape (N, h, w, C); each image decoded and resized once."""
         import torch
 
         embed, mean, std = shared_backbone(self.backbone)
@@ -199,7 +200,10 @@ class PatchCore(Expert):
             arr = np.stack([np.asarray(im.convert("RGB").resize((self.size, self.size), Image.BILINEAR)) for im in images[i:i + self.batch]])
             x = (torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 255 - mean_t) / std_t
             with torch.inference_mode():
-                out.append(embed(x).permute(0, 2, 3, 1).numpy())
+                # one image at a time through the traced model: on CPU that beat batched eager calls
+                out += [embed(x[j:j + 1]).permute(0, 2, 3, 1).numpy() for j in range(len(x))]
+            if progress is not None:
+                progress("features", min(i + self.batch, len(images)), len(images))
         return np.concatenate(out)
 
     @staticmethod
@@ -210,24 +214,53 @@ class PatchCore(Expert):
         index.add(np.ascontiguousarray(bank, dtype=np.float32))
         return index
 
-    def _build_bank(self, images: list[Image.Image], subsample: bool) -> np.ndarray:
+    def _build_bank(self, images: list[Image.Image], subsample: bool, progress=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(bank, the image each bank entry came from, the images' features)."""
         if not images:
             raise MmadError(f"expert {self.name}: fit needs at least one normal image")
-        feats = self.features(images)
+        feats = self.features(images, progress)
         flat = feats.reshape(-1, feats.shape[-1])
+        chosen = np.arange(len(flat))
         if subsample and self.coreset_ratio < 1:
-            flat = flat[greedy_coreset(flat, max(1, int(len(flat) * self.coreset_ratio)), seed=self.seed)]
+            chosen = greedy_coreset(flat, max(1, int(len(flat) * self.coreset_ratio)), seed=self.seed, progress=progress)
         # stored as float16; use the rounded values in memory too so a reloaded expert scores identically
-        return flat.astype(np.float16).astype(np.float32)
+        return flat[chosen].astype(np.float16).astype(np.float32), chosen // (feats.shape[1] * feats.shape[2]), feats
 
     # -- protocol -------------------------------------------------------------------
-    def fit(self, images: list[Image.Image]) -> "PatchCore":
+    def fit(self, images: list[Image.Image], progress=None) -> "PatchCore":
+        self._fit(list(images), progress)
+        return self
+
+    def _fit(self, images, progress):
         if self.mode == "few-shot":
-            return self  # fits per query on its templates
-        self.bank = self._build_bank(list(images), subsample=True)
+            return None, None  # fits per query on its templates
+        self.bank, owner, feats = self._build_bank(images, subsample=True, progress=progress)
         self._index = self._index_of(self.bank)
         self.fitted = True
-        return self
+        return owner, feats
+
+    def fit_and_score_normals(self, images: list[Image.Image], progress=None) -> tuple[np.ndarray, np.ndarray]:
+        """Fit on all `images`, then score each against the bank without the entries drawn from
+        it (leave-one-image-out on the fitted coreset, no refit): (image scores, map maxima).
+        Few-shot mode scores each image against the next one as its template (MMAD's 1-shot)."""
+        images = list(images)
+        if len(images) < 2:
+            raise MmadError(f"expert {self.name}: calibration from the training normals needs at least 2 images; found {len(images)}")
+        if self.mode == "few-shot":
+            outs = [self.predict(im, templates=[images[(i + 1) % len(images)]]) for i, im in enumerate(images)]
+            return np.array([o.score for o in outs]), np.array([float(o.map.max()) for o in outs])
+        owner, feats = self._fit(images, progress)
+        scores, maxima = [], []
+        for i, image in enumerate(images):
+            keep = owner != i
+            if not keep.any():
+                raise MmadError(f"expert {self.name}: every memory-bank entry came from one image; give more normal images")
+            amap, score = self._score_features(image, feats[i], self._index_of(self.bank[keep]))
+            scores.append(score)
+            maxima.append(float(amap.max()))
+            if progress is not None:
+                progress("calibration", i + 1, len(images))
+        return np.array(scores), np.array(maxima)
 
     def _few_shot_index(self, templates):
         if not templates:
@@ -236,19 +269,31 @@ class PatchCore(Expert):
         with self._few_lock:
             if self._few[0] == key:
                 return self._few[2]
-        bank = self._build_bank(list(templates), subsample=False)
+        bank = self._build_bank(list(templates), subsample=True)[0]
         index = self._index_of(bank)
         with self._few_lock:
             self._few = (key, bank, index)
         return index
 
     def _predict_map(self, image, mask, templates):
-        import cv2
+        return self._score_features(image, self.features([image])[0], self._active_index(templates))
 
+    def _active_index(self, templates):
         index = self._few_shot_index(templates) if self.mode == "few-shot" else self._index
         if index is None:
             raise MmadError(f"expert {self.name}: predict called before fit; call fit(normal_images) or load a fitted expert folder")
-        feats = self.features([image])[0]
+        return index
+
+    def predict_batch(self, images: list[Image.Image], *, templates=None) -> list:
+        """`predict` for many images: features extracted in one pass, no image decoded twice."""
+        index = self._active_index(templates)
+        feats = self.features(list(images))
+        return [self.output(*self._score_features(im, f, index)) for im, f in zip(images, feats)]
+
+    def _score_features(self, image, feats, index):
+        """(map at the image's size, image score) of one image's patch features against a bank."""
+        import cv2
+
         h, w, c = feats.shape
         flat = np.ascontiguousarray(feats.reshape(-1, c))
         scores, nn = knn_patch_scores(index, flat, self.knn)
@@ -260,11 +305,7 @@ class PatchCore(Expert):
             amap = cv2.GaussianBlur(amap, (k, k), self.sigma)
         W, H = image.size
         amap = cv2.resize(amap, (W, H), interpolation=cv2.INTER_LINEAR)
-        if self.foreground:
-            fg = foreground_mask(image)
-            if fg is not None:
-                amap = np.where(fg, amap, 0).astype(np.float32)
-        return amap, score
+        return amap, score  # `foreground` is applied by the renderer, at the drawn size as MMAD
 
     def _reweighted(self, index, flat, scores, nn) -> float:
         """PatchCore's image score: the largest patch distance, damped when its nearest memory

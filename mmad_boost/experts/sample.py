@@ -6,9 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import MmadError
+from ..resources import sample_root
 
-PACKAGE_ROOT = Path(__file__).resolve().parents[1]
-BUNDLED_VISA = PACKAGE_ROOT / "sample" / "visa"
 
 
 @dataclass
@@ -20,7 +19,7 @@ class VisaSplit:
 
 
 def visa_split(category: str, root: str | Path | None = None) -> VisaSplit:
-    root = Path(root) if root else BUNDLED_VISA
+    root = Path(root) if root else sample_root()
     table = root / "split_csv" / "1cls_subset.csv"
     if not table.is_file():
         raise MmadError(f"{table} not found; pass the root of a VisA copy (with split_csv/1cls_subset.csv)")

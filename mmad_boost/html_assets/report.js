@@ -216,8 +216,15 @@
       var cr = +$("f-change-run").value, c = q.ch[cr];
       if (c === "fixed" || c === "broke") div.className += " " + c;
     }
-    div.style.gridTemplateColumns = "minmax(200px, 340px) minmax(220px, 340px) repeat(" + RUNS.length + ", minmax(240px, 1fr))";
-    var imgs = el("div", "imgs");
+    var n = RUNS.length, imgs = el("div", "imgs");
+    if (n <= 2) {  // one row: pictures, question, each run's answer
+      div.style.gridTemplateColumns = "minmax(200px, 340px) minmax(220px, 340px) repeat(" + n + ", minmax(0, 1fr))";
+    } else {  // pictures and question above, the runs side by side below in equal columns: all fit the screen
+      var left = Math.ceil(n / 2);
+      div.className += " many";
+      div.style.gridTemplateColumns = "repeat(" + n + ", minmax(0, 1fr))";
+      imgs.style.gridColumn = "1 / span " + left;
+    }
     imgs.appendChild(figure(q.img, "query (" + (q.normal ? "normal" : "defective") + ")"));
     q.tp.forEach(function (idx, j) { imgs.appendChild(figure(idx, "template " + (j + 1))); });
     q.dx.forEach(function (idx, j) { imgs.appendChild(figure(idx, "defect example " + (j + 1))); });
@@ -230,6 +237,7 @@
     qa.appendChild(el("div", "qtext", q.q));
     var first = q.a[0];
     qa.appendChild(options(q.o, q.g, first && !first.o ? first.a : null));
+    if (n > 2) qa.style.gridColumn = (Math.ceil(n / 2) + 1) + " / -1";
     div.appendChild(qa);
     for (var r = 0; r < RUNS.length; r++) div.appendChild(answerCell(q, r));
     return div;

@@ -87,6 +87,18 @@ class FunctionModel(MLLM):
         return out
 
 
+CODE_ATTR = "mmad_code"  # set on python: models: a hash of their source and their options
+
+
+def model_config(model: Any) -> dict:
+    """What identifies a model's answers in run.json: its config(), and for a python: model the
+    hash of its code, so editing the code makes a rerun another configuration."""
+    own = getattr(model, "config", None)
+    cfg = own() if callable(own) else {"name": getattr(model, "name", type(model).__name__)}
+    code = getattr(model, CODE_ATTR, None)
+    return {**cfg, "code": code} if isinstance(code, dict) else cfg
+
+
 def as_model(obj: Any) -> MLLM:
     """A model from a model object, a SPEC string, or a plain callable."""
     if isinstance(obj, str):

@@ -1,13 +1,15 @@
-"""`hf:<path>`: a transformers vision-language model (Qwen2-VL/2.5-VL, LLaVA-OneVision style).
+"""`hf:<path>`: a transformers vision-language model (families in hf_families.py).
 
 The prompt goes through the processor's own chat template as one user turn whose content
 interleaves {"type": "image"} and {"type": "text"} items in prompt order; decoding is greedy and
-only the new tokens are returned (MMAD allowed 128 new tokens for local models).
+only the new tokens are returned (MMAD allowed 128 new tokens for local models). Concurrent
+generate() calls (the runner's --workers threads) are answered in batches of up to `batch_size`,
+left-padded, each answer cut at its own end-of-turn token.
 """
 from __future__ import annotations
 
 import json
-import threading
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +18,12 @@ from PIL import Image
 from ..errors import MmadError
 from ..prompt import Prompt
 from .base import MLLM
+from .batching import MicroBatcher
+from .hf_families import family_of, processor_images
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 
 
@@ -60,6 +65,8 @@ def check_model_dir(d: Path) -> None:
             raise MmadError(f"hf: weight shard {d / missing[0]} not found ({len(missing)} of {len(shards)} missing); copy all shards listed in {found[0]}")
     if not any((d / f).is_file() for f in PROCESSOR_FILES):
         raise MmadError(f"hf: {d / PROCESSOR_FILES[0]} (or {PROCESSOR_FILES[1]}) not found; save the model's processor into the same folder")
+    if not any((d / f).is_file() for f in TOKENIZER_FILES):
+        raise MmadError(f"hf: {d / TOKENIZER_FILES[0]} (or {', '.join(TOKENIZER_FILES[1:])}) not found; save the model's tokenizer into the same folder")
 
 
 class HFVisionModel(MLLM):
@@ -73,6 +80,8 @@ class HFVisionModel(MLLM):
         max_side: int | None = None,
         system: str | None = None,
         trust_remote_code: bool = False,
+        batch_size: int = 1,
+        batch_wait: float = 0.05,
     ):
         if not path:
             raise MmadError("hf:<path>: give the model folder, e.g. hf:/models/Qwen2-VL-2B-Instruct")
@@ -86,7 +95,9 @@ class HFVisionModel(MLLM):
         self.dtype_name = dtype
         self.max_side = int(max_side) if max_side else None
         self.system = system
-        self._lock = threading.Lock()  # one generate at a time: the model and its caches are shared
+        if int(batch_size) < 1 or float(batch_wait) < 0:
+            raise MmadError(f"hf batch_size={batch_size} / batch_wait={batch_wait}: use batch_size >= 1 and batch_wait >= 0 seconds")
+        self.batch_size = int(batch_size)
         model_dir = resolve_model_dir(path)
         check_model_dir(model_dir)
         self.model_dir = model_dir
@@ -121,6 +132,22 @@ class HFVisionModel(MLLM):
             raise MmadError(f"hf: {model_dir} is not an image-text-to-text model transformers knows: {errors[-1] if errors else ''}")
         self.model.to(device).eval()
         self.architecture = (getattr(self.model.config, "architectures", None) or [type(self.model).__name__])[0]
+        self.family = family_of(self.model.config)
+        tokenizer = getattr(self.processor, "tokenizer", self.processor)
+        tokenizer.padding_side = "left"  # generation continues every row from its last column
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        eos = self.model.generation_config.eos_token_id
+        self._eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        self._pad_id = self.model.generation_config.pad_token_id
+        if self._pad_id is None:
+            self._pad_id = tokenizer.pad_token_id
+        # one model, one batch at a time: the batcher is also the lock around the model
+        self._batcher = MicroBatcher(self._generate_batch, self.batch_size if self.family else 1, batch_wait)
+        self._hinted = False
+        if self.batch_size > 1 and self.family is None:
+            print(f"mmad-boost: hf: batching is not verified for model_type {getattr(self.model.config, 'model_type', '?')!r} "
+                  "(see mmad_boost/models/hf_families.py); answering one question at a time", file=sys.stderr)
 
     def config(self) -> dict:
         return {
@@ -157,19 +184,46 @@ class HFVisionModel(MLLM):
             im = im.resize((max(1, round(im.width * s)), max(1, round(im.height * s))), Image.Resampling.BICUBIC)
         return im
 
+    def encode(self, prompts: list[Prompt]):
+        """The processor's tensors for a batch: own chat template, left padding, images in prompt order."""
+        texts, images = [], []
+        for prompt in prompts:
+            messages, ims = self.messages(prompt)
+            texts.append(self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
+            images.append(ims)
+        # the rendered template already holds the special tokens (BOS etc.): add none twice
+        inputs = self.processor(
+            text=texts, images=processor_images(self.family, images), return_tensors="pt", padding=True, add_special_tokens=False
+        )
+        return inputs.to(self.model.device, dtype=self.model.dtype)
+
     def generate(self, prompt: Prompt) -> str:
+        answer = self._batcher.submit(prompt)
+        self._hint_workers()
+        return answer
+
+    def _generate_batch(self, prompts: list[Prompt]) -> list[str]:
         import torch
 
-        messages, images = self.messages(prompt)
-        text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        inputs = self.processor(text=[text], images=images or None, return_tensors="pt")
-        inputs = inputs.to(self.model.device, dtype=self.model.dtype)
+        inputs = self.encode(list(prompts))
         n_in = inputs["input_ids"].shape[1]
-        with self._lock, torch.inference_mode():
+        with torch.inference_mode():
             out = self.model.generate(
-                **inputs, max_new_tokens=self.max_new_tokens, do_sample=False, num_beams=1, temperature=None, top_p=None, top_k=None
+                **inputs, max_new_tokens=self.max_new_tokens, do_sample=False, num_beams=1, temperature=None, top_p=None, top_k=None,
+                pad_token_id=self._pad_id,
             )
-        return self.processor.batch_decode(out[:, n_in:], skip_special_tokens=True)[0].strip()
+        answers = []
+        for row in out[:, n_in:].tolist():
+            stop = next((i for i, t in enumerate(row) if t in self._eos_ids), len(row))  # each row stops at its own end
+            answers.append(self.processor.decode(row[:stop], skip_special_tokens=True).strip())
+        return answers
+
+    def _hint_workers(self) -> None:
+        b = self._batcher
+        if self.batch_size > 1 and not self._hinted and len(b.batch_sizes) >= 8 and b.peak_callers == 1:
+            self._hinted = True
+            print(f"mmad-boost: hf batch_size={self.batch_size} but questions arrive one at a time; run with --workers "
+                  f"{self.batch_size} (or more) so batches fill", file=sys.stderr)
 
     def close(self) -> None:
         self.model = None
@@ -185,7 +239,10 @@ def _bool(v: Any) -> bool:
     raise ValueError(v)
 
 
-_FIELDS = {"max_new_tokens": int, "dtype": str, "device": str, "max_side": int, "system": str, "trust_remote_code": _bool}
+_FIELDS = {
+    "max_new_tokens": int, "dtype": str, "device": str, "max_side": int, "system": str, "trust_remote_code": _bool,
+    "batch_size": int, "batch_wait": float,
+}
 
 
 def create(rest: str, **options: Any) -> HFVisionModel:

@@ -6,6 +6,7 @@ kept out of reprs, config(), exceptions and logs (server error texts are scrubbe
 from __future__ import annotations
 
 import base64
+import datetime
 import email.utils
 import http.client
 import io
@@ -13,6 +14,7 @@ import json
 import os
 import random
 import socket
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -25,6 +27,7 @@ from ..prompt import Prompt
 from .base import MLLM
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
+MAX_RESPONSE_BYTES = 32 << 20  # a chat completion is kilobytes; more is a broken server
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504, 520, 522, 524}
 NO_KEY = ("", "none", "-")  # api_key_env values meaning "send no key" (local servers)
 
@@ -80,8 +83,85 @@ def _retry_after(headers) -> float | None:
     try:
         return max(0.0, float(value))
     except ValueError:
-        when = email.utils.parsedate_to_datetime(value) if value else None
-        return max(0.0, when.timestamp() - time.time()) if when else None
+        pass
+    try:  # an HTTP date (RFC 9110 §10.2.3); a date without a zone is GMT
+        when = email.utils.parsedate_to_datetime(value)
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=datetime.timezone.utc)
+        return max(0.0, when.timestamp() - time.time())
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None  # unparsable: fall back to our own backoff
+
+
+class _Deadline:
+    """A whole request's time limit: the socket's timeout bounds each read, but a server trickling
+    a byte at a time would never trip it, so at the deadline the socket is shut down."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.fired = False
+        self.socks: list = []
+        self.lock = threading.Lock()
+        self.timer = threading.Timer(seconds, self.fire)
+        self.timer.daemon = True
+
+    def watch(self, sock) -> None:
+        with self.lock:
+            self.socks.append(sock)
+            fired = self.fired
+        if fired:
+            _shutdown(sock)
+
+    def fire(self) -> None:
+        with self.lock:
+            self.fired = True
+            socks = list(self.socks)
+        for sock in socks:
+            _shutdown(sock)
+
+    def __enter__(self) -> "_Deadline":
+        self.timer.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.timer.cancel()
+
+
+def _shutdown(sock) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Redirects are answered as errors: following one would send the key (and, as a GET, no
+    question) wherever the server points."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None
+
+
+def _opener(deadline: _Deadline):
+    class Conn(http.client.HTTPConnection):
+        def connect(self):
+            super().connect()
+            deadline.watch(self.sock)
+
+    class SConn(http.client.HTTPSConnection):
+        def connect(self):
+            super().connect()
+            deadline.watch(self.sock)
+
+    class Handler(urllib.request.HTTPHandler):
+        def http_open(self, req):
+            return self.do_open(Conn, req)
+
+    class SHandler(urllib.request.HTTPSHandler):
+        def https_open(self, req):
+            return self.do_open(SConn, req, context=self._context)
+
+    return urllib.request.build_opener(Handler, SHandler, _NoRedirect)
 
 
 class OpenAIChatModel(MLLM):
@@ -100,6 +180,7 @@ class OpenAIChatModel(MLLM):
         image_format: str = "jpeg",
         backoff: float = 1.0,
         max_backoff: float = 60.0,
+        deadline: float | None = None,
     ):
         if not model:
             raise MmadError("openai:<model>: give the model name, e.g. openai:gpt-4o")
@@ -123,6 +204,10 @@ class OpenAIChatModel(MLLM):
             self._key = _Secret(key)
         self.max_tokens = int(max_tokens)
         self.timeout = float(timeout)
+        # the whole request (connect, send, wait, read): by default twice the per-read timeout
+        self.deadline = float(deadline) if deadline else 2 * self.timeout
+        if not (self.timeout > 0 and self.deadline > 0):
+            raise MmadError(f"openai timeout={timeout!r} deadline={deadline!r}: both must be positive seconds")
         self.max_retries = int(max_retries)
         self.max_side = int(max_side) if max_side else None
         self.temperature = float(temperature)
@@ -177,12 +262,18 @@ class OpenAIChatModel(MLLM):
         if self._key.value:
             headers["Authorization"] = "Bearer " + self._key.value
         req = urllib.request.Request(self.base_url + "/chat/completions", data=body, headers=headers, method="POST")
-        try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                return resp.status, resp.headers, resp.read()
-        except urllib.error.HTTPError as e:
-            with e:
-                return e.code, e.headers, e.read()
+        with _Deadline(self.deadline) as deadline:
+            try:
+                try:
+                    with _opener(deadline).open(req, timeout=self.timeout) as resp:
+                        return resp.status, resp.headers, _read_capped(resp)
+                except urllib.error.HTTPError as e:
+                    with e:
+                        return e.code, e.headers, _read_capped(e)
+            except (OSError, http.client.HTTPException):
+                if deadline.fired:
+                    raise TimeoutError(f"no complete answer within the request deadline of {self.deadline:g} s") from None
+                raise
 
     def _delay(self, attempt: int, headers) -> float:
         hinted = _retry_after(headers)
@@ -207,7 +298,13 @@ class OpenAIChatModel(MLLM):
             else:
                 if status == 200:
                     self._connected = True
-                    return self._answer(data)
+                    return self._scrub(self._answer(data))  # a server echoing the key must not put it in records
+                if 300 <= status < 400:
+                    where = self._scrub(str((headers.get("Location") if headers is not None else None) or "?"))[:200]
+                    raise MmadError(
+                        f"openai: {self.base_url}/chat/completions answered HTTP {status} redirecting to {where}; "
+                        "redirects are not followed (the API key would go along); set --base-url to the final URL"
+                    )
                 detail = self._scrub(_error_text(data))
                 if status in (401, 403):
                     raise MmadError(f"openai: {self.base_url} refused the API key from ${self.api_key_env} (HTTP {status}: {detail}); check the key")
@@ -224,11 +321,11 @@ class OpenAIChatModel(MLLM):
         try:
             payload = json.loads(data)
             message = payload["choices"][0]["message"]
-        except (ValueError, KeyError, IndexError, TypeError):
+        except (ValueError, KeyError, IndexError, TypeError, RecursionError):
             raise ModelError(f"malformed response (not a chat completion): {self._scrub(data[:200].decode('utf-8', 'replace'))!r}") from None
         content = message.get("content") if isinstance(message, dict) else None
         if isinstance(content, list):  # some servers return content parts
-            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+            content = "".join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
         if not isinstance(content, str):
             refusal = message.get("refusal") if isinstance(message, dict) else None
             if isinstance(refusal, str):
@@ -237,11 +334,18 @@ class OpenAIChatModel(MLLM):
         return content
 
 
+def _read_capped(resp) -> bytes:
+    data = resp.read(MAX_RESPONSE_BYTES + 1)
+    if len(data) > MAX_RESPONSE_BYTES:
+        raise ModelError(f"response larger than {MAX_RESPONSE_BYTES >> 20} MB; not a chat completion")
+    return data
+
+
 def _error_text(data: bytes) -> str:
     try:
         err = json.loads(data).get("error")
         text = err.get("message") if isinstance(err, dict) else str(err)
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         text = data.decode("utf-8", "replace")
     return " ".join(str(text).split())[:300]
 
@@ -249,6 +353,7 @@ def _error_text(data: bytes) -> str:
 _FIELDS = {
     "base_url": str, "api_key_env": str, "max_tokens": int, "timeout": float, "max_retries": int,
     "max_side": int, "temperature": float, "system": str, "image_format": str, "backoff": float, "max_backoff": float,
+    "deadline": float,
 }
 
 

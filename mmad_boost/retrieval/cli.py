@@ -21,15 +21,16 @@ def register_cli(sub) -> None:
     b.add_argument("--mmad-knowledge", metavar="FILE", help="import MMAD's domain_knowledge.json")
     b.add_argument("--encoder", default="efficientnet-lite0", help="efficientnet-lite0 (default) or open_clip:<arch>:<weights file>")
     b.add_argument("--refs-per-category", type=int, default=5, metavar="N", help="reference images per category (default 5; 0 = all)")
-    b.add_argument("--index", default="flat", choices=["flat", "ivf", "hnsw"], help="FAISS index (default flat = exact)")
+    b.add_argument("--index", default="flat", choices=["flat", "ivf", "hnsw"], help="FAISS index: flat (exact), ivf or hnsw (approximate, for large KBs); default flat")
     b.add_argument("--threshold", type=float, help="similarity below which a query is 'unknown' (default 0.5)")
     b.add_argument("--text", action="store_true", help="also index the knowledge chunks for text retrieval (MiniLM)")
     b.add_argument("--out", required=True, help="KB folder to write")
+    b.add_argument("--no-progress", action="store_true", help="no progress messages, also none from libraries (default: shown)")
     b.set_defaults(func=cmd_build)
 
     q = kbs.add_parser("query", help="print category, score and runner-up for each image")
     q.add_argument("--kb", required=True, help="KB folder from `kb build`")
-    q.add_argument("images", nargs="+", metavar="IMAGE")
+    q.add_argument("images", nargs="+", metavar="IMAGE", help="image files to look up")
     q.add_argument("--json", action="store_true", help="one JSON object per line")
     q.set_defaults(func=cmd_query)
 
@@ -44,7 +45,7 @@ def register_cli(sub) -> None:
 
 def _knowledge(args):
     from .knowledge import KnowledgeSet, import_mmad_knowledge, load_knowledge
-    from .retriever import REPO_ROOT
+    from ..resources import knowledge_base
 
     ks = KnowledgeSet([])
     if args.mmad_knowledge:
@@ -52,7 +53,7 @@ def _knowledge(args):
     for p in args.knowledge:
         ks = ks.merged(load_knowledge(p))
     if not args.knowledge and not args.mmad_knowledge:
-        ks = load_knowledge(REPO_ROOT / "knowledge_base")
+        ks = load_knowledge(knowledge_base())
     return ks
 
 
@@ -70,9 +71,14 @@ def cmd_build(args) -> int:
                         "pass --knowledge PATH or --mmad-knowledge FILE covering them")
     if missing:
         print(f"note: no knowledge for {', '.join(missing)}; they are left out of the KB", file=sys.stderr)
-    r = KnowledgeRetriever.build(ks, args.data, refs_per_category=args.refs_per_category, image_encoder=args.encoder,
-                                 text=args.text, store_kind=args.index,
-                                 threshold=args.threshold if args.threshold is not None else DEFAULT_THRESHOLD)
+    from ..progress import stage
+
+    refs = sum(len(imgs) for cats in found.values() for imgs in cats.values())
+    with stage(f"kb build: encoding reference images with {args.encoder}" + (" and knowledge text with MiniLM" if args.text else ""),
+               kind=f"kb-build:{args.encoder}" + (":text" if args.text else ""), units=refs, unit="reference images"):
+        r = KnowledgeRetriever.build(ks, args.data, refs_per_category=args.refs_per_category, image_encoder=args.encoder,
+                                     text=args.text, store_kind=args.index,
+                                     threshold=args.threshold if args.threshold is not None else DEFAULT_THRESHOLD)
     r.save(args.out)
     with_refs = sum(1 for c in ks if c.references)
     print(f"KB {args.out}: {len(ks)} categories ({with_refs} with reference images), {len(r.image_store)} references, "
@@ -88,8 +94,10 @@ def cmd_query(args) -> int:
     from .retriever import KnowledgeRetriever
 
     r = KnowledgeRetriever.load(args.kb)
+    from ..data import load_rgb
+
     for img in args.images:
-        res = r.retrieve(mode="image", image=img)
+        res = r.retrieve(mode="image", image=load_rgb(Path(img)))  # untrusted file: one line for a damaged image or a decompression bomb
         if args.json:
             print(json.dumps({"image": img, "category": res.category, "dataset": res.dataset, "score": res.score,
                               "runner_up": res.runner_up, "runner_up_score": res.runner_up_score,

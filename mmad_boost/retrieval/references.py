@@ -4,22 +4,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 from ..errors import MmadError
+from ..resources import cache_dir
 from .knowledge import knowledge_dataset
 from .store import VectorStore
 
-PACKAGE_ROOT = Path(__file__).resolve().parents[1]
-REPO_ROOT = PACKAGE_ROOT.parent
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 DEFAULT_REFS = 5
 
 
-def bundled_references(visa_root: Path, fallback: Path | None = None) -> dict[str, list[Path]]:
-    """Normal images of the bundled VisA sample for the train split (VisA's split_csv), per category."""
-    root = visa_root if visa_root.is_dir() else (fallback or REPO_ROOT.parent / "shared" / "data" / "visa")
+def bundled_references(root: Path) -> dict[str, list[Path]]:
+    """Normal images of a VisA-layout root (the bundled sample) for the train split (VisA's split_csv), per category."""
     out: dict[str, list[Path]] = {}
     split = root / "split_csv" / "1cls_subset.csv"
     if split.is_file():
@@ -53,11 +50,7 @@ def mmad_layout_references(root: str | Path, n: int) -> dict[tuple[str, str], di
 
 # -- cache of the default retriever's index ----------------------------------------------------------
 def _cache_dir() -> Path | None:
-    v = os.environ.get("MMAD_BOOST_CACHE_DIR")
-    if v == "0":
-        return None
-    base = Path(v) if v else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mmad-boost"
-    return base / "reference-index"
+    return cache_dir("reference-index")
 
 
 def _cache_key(r, cats) -> str | None:

@@ -20,10 +20,10 @@ from PIL import Image
 from ..errors import MmadError
 from .encoders import DEFAULT_IMAGE_ENCODER, DEFAULT_TEXT_ENCODER, Encoder, create_encoder
 from .knowledge import DEFAULT_BUDGET, CategoryKnowledge, KnowledgeSet, import_mmad_knowledge, knowledge_dataset, load_knowledge
-from .references import DEFAULT_REFS, IMAGE_SUFFIXES, PACKAGE_ROOT, REPO_ROOT, bundled_references, disk_cache_load, disk_cache_save, mmad_layout_references
+from .references import DEFAULT_REFS, IMAGE_SUFFIXES, bundled_references, disk_cache_load, disk_cache_save, mmad_layout_references
 from .store import VectorStore, describe, same_encoder
 
-__all__ = ["KnowledgeRetriever", "Retrieval", "MODES", "DEFAULT_THRESHOLD", "IMAGE_SUFFIXES", "REPO_ROOT", "mmad_layout_references"]
+__all__ = ["KnowledgeRetriever", "Retrieval", "MODES", "DEFAULT_THRESHOLD", "IMAGE_SUFFIXES", "mmad_layout_references"]
 
 MODES = ("oracle", "image", "text", "image+text")
 # Cosine similarity below which an image is "unknown category". EfficientNet-Lite0 on VisA fryum /
@@ -131,11 +131,10 @@ class KnowledgeRetriever:
     def _default_locked(cls) -> "KnowledgeRetriever":
         global _DEFAULT
         if _DEFAULT is None:
-            kb_dir = REPO_ROOT / "knowledge_base"
-            if not kb_dir.is_dir():
-                raise MmadError(f"{kb_dir}: the shipped knowledge base is missing; pass a knowledge folder (--knowledge) instead")
-            knowledge = load_knowledge(kb_dir)
-            refs = bundled_references(PACKAGE_ROOT / "sample" / "visa")
+            from ..resources import knowledge_base, sample_root
+
+            knowledge = load_knowledge(knowledge_base())
+            refs = bundled_references(sample_root())
             for c in knowledge:
                 if not c.references and c.dataset == "VisA" and c.category in refs:
                     c.references = refs[c.category]

@@ -1,0 +1,157 @@
+"""What the user sees during long steps: one switch (`--no-progress`) for our bars and messages and
+for the libraries' own bars (transformers' "Loading weights", huggingface_hub downloads).
+
+`stage(...)` wraps a step that has no inner progress of its own (fitting an expert, encoding a
+knowledge base's references): it says what it is doing, shows elapsed time against an estimate
+from the last time the same kind of step ran on this machine (seconds per unit, kept in the user
+cache folder), and says how long it took.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+_state = {"enabled": True}
+
+
+def enabled() -> bool:
+    return _state["enabled"]
+
+
+@contextmanager
+def quiet(on: bool = True):
+    """Inside: no bars or stage messages from us, transformers or huggingface_hub (restored after)."""
+    if not on:
+        yield
+        return
+    prev = _state["enabled"]
+    _state["enabled"] = False
+    # transformers asks huggingface_hub's switch when it is imported; a transformers already
+    # imported is switched directly (importing it here would cost seconds)
+    try:
+        import huggingface_hub.utils as hub
+    except ImportError:
+        hub = None
+    hub_was_on = hub is not None and not hub.are_progress_bars_disabled()
+    if hub_was_on:
+        hub.disable_progress_bars()
+    tlog = sys.modules.get("transformers.utils.logging")
+    t_was_on = tlog is None or tlog.is_progress_bar_enabled()
+    if tlog is not None:
+        tlog.disable_progress_bar()
+    try:
+        yield
+    finally:
+        _state["enabled"] = prev
+        if hub_was_on:
+            hub.enable_progress_bars()
+        tlog = sys.modules.get("transformers.utils.logging")
+        if tlog is not None and t_was_on:
+            tlog.enable_progress_bar()
+
+
+def bar(total: int, desc: str, unit: str = "it", *, enabled_here: bool = True):
+    """A tqdm bar on stderr (shows rate and time left), or a silent stand-in."""
+    if not (enabled_here and enabled()) or total <= 0:
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit=unit, desc=desc, dynamic_ncols=True, file=sys.stderr)
+
+
+class _NoBar:
+    def update(self, n=1):
+        pass
+
+    def close(self):
+        pass
+
+
+def say(message: str) -> None:
+    """One line on stderr that does not break a bar being drawn."""
+    if not enabled():
+        return
+    from tqdm import tqdm
+
+    tqdm.write(message, file=sys.stderr)
+
+
+def _rates_file() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "mmad-boost" / "step-rates.json"
+
+
+def _load_rates() -> dict:
+    try:
+        data = json.loads(_rates_file().read_text(encoding="utf-8"))
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}  # no or unreadable history: no estimate, never an error
+
+
+def estimate_s(kind: str, units: int) -> float | None:
+    rate = _load_rates().get(kind)
+    return float(rate) * units if isinstance(rate, (int, float)) and rate > 0 else None
+
+
+def _save_rate(kind: str, seconds_per_unit: float) -> None:
+    try:
+        rates = _load_rates()
+        rates[kind] = float(f"{seconds_per_unit:.4g}")
+        path = _rates_file()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(rates, indent=1, sort_keys=True), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only cache only costs the next estimate
+
+
+@contextmanager
+def stage(what: str, *, kind: str, units: int, unit: str = "images", done: str | None = None):
+    """Say `what` is happening (with an estimate when this kind of step ran before), tick elapsed
+    seconds on a terminal, then say how long it took. `kind` names the step for the estimate
+    (e.g. "fit:patchcore"); `units` is its size (e.g. images)."""
+    if not enabled():
+        yield
+        return
+    est = estimate_s(kind, units)
+    hint = f"about {_dur(est)} (from the last run of this step here)" if est else "no estimate yet (first time here)"
+    say(f"{what}: {units} {unit}, {hint} ...")
+    stop = threading.Event()
+    ticker = None
+    if sys.stderr.isatty():
+        ticker = threading.Thread(target=_tick, args=(what, est, stop), daemon=True)
+        ticker.start()
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        stop.set()
+        if ticker is not None:
+            ticker.join(timeout=2)
+    took = time.perf_counter() - t0
+    if units > 0:
+        _save_rate(kind, took / units)
+    say(f"{done or what}: done in {_dur(took)}")
+
+
+def _tick(what: str, est: float | None, stop: threading.Event) -> None:
+    from tqdm import tqdm
+
+    total = max(1, round(est)) if est else None
+    with tqdm(total=total, desc=what[:40], unit="s", bar_format="{desc}: {elapsed} elapsed" + (" of ~{total}s {bar}" if total else ""),
+              file=sys.stderr, leave=False, dynamic_ncols=True) as b:
+        t0 = time.perf_counter()
+        while not stop.wait(0.5):
+            b.n = min(total, time.perf_counter() - t0) if total else time.perf_counter() - t0
+            b.refresh()
+
+
+def _dur(s: float) -> str:
+    return f"{s:.0f} s" if s < 120 else f"{s / 60:.1f} min"

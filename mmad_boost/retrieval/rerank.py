@@ -1,0 +1,83 @@
+"""Second retrieval stage: patch-level matching of the query with the shortlisted references.
+
+The global embedding (one pooled vector per image) cannot tell two layouts of one board, or two
+brands of one can, apart: pooling throws away where and which details are. The re-ranker looks at
+the patch features PatchCore uses (the backbone's stride-8 and stride-16 maps, 3x3-averaged and
+concatenated; `experts.patchcore.shared_backbone`) and compares two images by their symmetric mean
+nearest-patch distance (Chamfer distance between the two sets of patch features):
+
+    d(Q, R) = 1/2 (mean over q in Q of min over r in R |q - r| + mean over r in R of min over q in Q |r - q|)
+
+Nearest-patch matching ignores where a patch sits, so it is robust to translation and crop; both
+directions count, so a query showing only part of a reference (or a reference with details the
+query lacks) is not a perfect match. A category's distance is that of its nearest reference.
+
+Only the references of the `shortlist` best categories of the global stage are compared, so the
+cost per query is bounded by shortlist x references per category, whatever the number of categories.
+"""
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from ..experts.backbones import DEFAULT_BACKBONE
+
+# Chosen by leave-one-out over the look-alike benchmark's references (docs/knowledge.md).
+DEFAULT_SIZE = 160  # working size: 20 x 20 patches of 152 dims (EfficientNet-Lite0)
+DEFAULT_SHORTLIST = 3  # categories handed on by the global stage
+MIN_MARGIN = 0.02  # relative margin under which two categories are a tie, whatever the calibration says
+
+
+class PatchReranker:
+    """Patch features of images and Chamfer distances between them (one shared backbone per process)."""
+
+    def __init__(self, backbone: str = DEFAULT_BACKBONE, size: int = DEFAULT_SIZE, shortlist: int = DEFAULT_SHORTLIST):
+        from ..experts.patchcore import PatchCore
+
+        self.backbone, self.size, self.shortlist = backbone, int(size), int(shortlist)
+        self._extractor = PatchCore(backbone=backbone, size=self.size, batch=8)  # its `features`: the same machinery
+
+    def config(self) -> dict:
+        return {"backbone": self.backbone, "size": self.size, "shortlist": self.shortlist}
+
+    def features(self, images: list[Image.Image]) -> np.ndarray:
+        """(N, patches, C) float32, each patch L2-normalised (brightness changes scale features)."""
+        if not images:
+            return np.zeros((0, 0, 0), np.float32)
+        f = self._extractor.features(list(images))
+        f = f.reshape(len(f), -1, f.shape[-1]).astype(np.float32)
+        return f / np.maximum(np.linalg.norm(f, axis=2, keepdims=True), 1e-6)
+
+    @staticmethod
+    def distances(query: np.ndarray, refs: np.ndarray) -> np.ndarray:
+        """Symmetric mean nearest-patch distance of one query (P, C) to each of M references (M, P', C)."""
+        if len(refs) == 0:
+            return np.zeros(0, np.float32)
+        m, p, c = refs.shape
+        q = np.ascontiguousarray(query, dtype=np.float32)
+        r = np.ascontiguousarray(refs.reshape(m * p, c), dtype=np.float32)
+        # unit vectors: |q - r|^2 = 2 - 2 q.r
+        sim = (q @ r.T).reshape(len(q), m, p)
+        d_q = np.sqrt(np.maximum(2 - 2 * sim.max(axis=2), 0)).mean(axis=0)  # each query patch to its nearest in R
+        d_r = np.sqrt(np.maximum(2 - 2 * sim.max(axis=0), 0)).mean(axis=1)  # each reference patch to its nearest in Q
+        return (0.5 * (d_q + d_r)).astype(np.float32)
+
+
+def relative_margin(best: float, runner_up: float | None) -> float:
+    """(runner-up distance - best distance) / runner-up distance: 0 = a tie, 1 = nothing else is close."""
+    if runner_up is None or not np.isfinite(runner_up):
+        return 1.0
+    return float((runner_up - best) / max(runner_up, 1e-9))
+
+
+def calibrate_margin(margins, correct, max_risk: float = 0.0) -> float:
+    """The smallest margin threshold (>= MIN_MARGIN) at which the leave-one-out decisions it still
+    accepts are wrong at most `max_risk` of the time; 0 = every leave-one-out mistake becomes unknown."""
+    m = np.asarray(margins, dtype=np.float64)
+    ok = np.asarray(correct, dtype=bool)
+    # the risk only changes just above a mistake's margin: those are the only candidates
+    for t in sorted({MIN_MARGIN} | {float(x) + 1e-6 for x in m[~ok] if x + 1e-6 > MIN_MARGIN}):
+        accepted = m >= t
+        if (~ok[accepted]).sum() <= max_risk * max(int(accepted.sum()), 1):
+            return float(t)
+    return float(m.max() + 1e-6) if len(m) else MIN_MARGIN

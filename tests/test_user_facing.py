@@ -1,0 +1,236 @@
+"""What a new user meets first: python: model identity, run folders left clean, --limit's sample,
+n/a in the plots, progress that says what it does and stays quiet under --no-progress."""
+from __future__ import annotations
+
+import json
+import textwrap
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mmad_boost.cli import main
+from mmad_boost.data import Benchmark, describe_selection, stratified
+
+
+def _eval(root, out, *extra):
+    return ["eval", "--data", str(root), "--no-progress", "--out", str(out), *extra]
+
+
+# -- python: models ----------------------------------------------------------------
+MODULE = '''
+def answer(images, text):
+    return "Answer: {letter}"
+
+
+class Fixed:
+    def __init__(self, letter="A"):
+        self.letter = letter
+
+    def generate(self, prompt):
+        return "Answer: " + self.letter
+'''
+
+
+def _write_module(tmp_path, name, letter):
+    (tmp_path / f"{name}.py").write_text(textwrap.dedent(MODULE.replace("{letter}", letter)))
+
+
+def test_editing_a_python_model_is_another_configuration(shared_fixture_root, tmp_path, monkeypatch, capsys):
+    import subprocess
+    import sys
+
+    name = "user_model_identity"
+    _write_module(tmp_path, name, "A")
+    out = tmp_path / "run"
+    monkeypatch.chdir(tmp_path)  # python: finds modules in the working directory
+    argv = [sys.executable, "-m", "mmad_boost.cli"] + _eval(shared_fixture_root, out, "--model", f"python:{name}:answer", "--limit", "2")
+    # each eval is a new process, as a user's reruns are (a module is imported once per process)
+    first = subprocess.run(argv, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr
+    ident = json.loads((out / "run.json").read_text())["identity"]["model_config"]["code"]
+    assert ident["code_sha256"] and ident["code_files"] == [f"{name}.py"]
+    # unchanged code: the rerun resumes with a larger limit
+    argv[argv.index("2")] = "3"
+    again = subprocess.run(argv, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert len((out / "records.jsonl").read_text().splitlines()) == 3
+    # edited code: refused, nothing appended
+    _write_module(tmp_path, name, "B")
+    argv[argv.index("3")] = "4"
+    edited = subprocess.run(argv, capture_output=True, text=True)
+    assert edited.returncode == 2
+    assert "another configuration" in edited.stderr and "model_config" in edited.stderr
+    assert len((out / "records.jsonl").read_text().splitlines()) == 3
+
+
+def test_python_model_options_are_part_of_the_identity(shared_fixture_root, tmp_path, monkeypatch, capsys):
+    name = "user_model_options"
+    _write_module(tmp_path, name, "A")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "run"
+    base = _eval(shared_fixture_root, out, "--model", f"python:{name}:Fixed", "--limit", "2")
+    assert main(base + ["--model-option", "letter=A"]) == 0
+    capsys.readouterr()
+    assert main(base + ["--model-option", "letter=B"]) == 2
+    assert "another configuration" in capsys.readouterr().err
+
+
+# -- run folders -------------------------------------------------------------------
+def test_no_lock_file_is_left_in_the_run_folder(shared_fixture_root, tmp_path):
+    out = tmp_path / "run"
+    assert main(_eval(shared_fixture_root, out, "--model", "baseline:random", "--limit", "3")) == 0
+    assert main(_eval(shared_fixture_root, out, "--model", "baseline:random", "--limit", "5")) == 0
+    assert not list(out.glob("*.lock")), sorted(p.name for p in out.iterdir())
+    assert len((out / "records.jsonl").read_text().splitlines()) == 5
+
+
+def test_the_lock_still_keeps_a_second_writer_out(tmp_path):
+    from mmad_boost.errors import MmadError
+    from mmad_boost.records import lock_records, unlock_records
+
+    path = tmp_path / "records.jsonl"
+    fd = lock_records(path)
+    with pytest.raises(MmadError, match="being written by another"):
+        lock_records(path)
+    unlock_records(fd)
+    assert not (tmp_path / "records.jsonl.lock").exists()
+    fd2 = lock_records(path)  # free again after the holder let go
+    unlock_records(fd2)
+
+
+# -- --limit -------------------------------------------------------------------------
+def _kinds(items):
+    seen = []
+    for s, _ in items:
+        if not seen or seen[-1][0] != s.key:
+            seen.append((s.key, s.dataset, s.category, s.is_normal))
+    return seen
+
+
+def _two_dataset_bench(root):
+    """A question file like MMAD's: per category the normal images first, then the defective ones."""
+    data = {}
+    for ds, cats in (("MVTec-AD", ("bottle", "screw")), ("VisA", ("fryum",))):
+        for cat in cats:
+            for label, n in (("good", 6), ("crack", 3)):
+                for i in range(n):
+                    conv = [{"Question": "Is there any defect in the object?", "Options": {"A": "Yes", "B": "No"},
+                             "Answer": "B" if label == "good" else "A", "type": "Anomaly Detection"},
+                            {"Question": "What is it?", "Options": {"A": cat, "B": "pcb"}, "Answer": "A", "type": "Object Classification"}]
+                    if label != "good":
+                        conv.append({"Question": "Which defect?", "Options": {"A": "crack", "B": "stain"}, "Answer": "A", "type": "Defect Classification"})
+                    data[f"{ds}/{cat}/test/{label}/{i:03d}.png"] = {"conversation": conv}
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "mmad.json").write_text(json.dumps(data))
+    return Benchmark(root)
+
+
+def test_limit_takes_normal_and_defective_images_of_each_dataset(tmp_path):
+    bench = _two_dataset_bench(tmp_path / "data")
+    everything = bench.select()
+    # the file lists normal images first: the old first-N rule gave normal images of one dataset only
+    first_n = _kinds(everything[:10])
+    assert all(n for *_, n in first_n) and {d for _, d, _, _ in first_n} == {"MVTec-AD"}
+    limited = bench.select(limit=10)
+    assert len(limited) == 10
+    picked = _kinds(limited)
+    assert {n for *_, n in picked} == {True, False}
+    assert {d for _, d, _, _ in picked} == {"MVTec-AD", "VisA"}
+    # whole images, in turn: every image but the last keeps all its questions, in file order
+    for key, *_ in picked[:-1]:
+        assert [q for s, q in limited if s.key == key] == bench.by_key[key].questions
+    # a larger limit extends a smaller one (a rerun with --limit resumes the same questions)
+    assert bench.select(limit=25)[:10] == limited
+    assert sorted((s.key, q.index) for s, q in stratified(everything)) == sorted((s.key, q.index) for s, q in everything)
+    # filters apply first; short type names work in Python too
+    only = bench.select(types=["anomaly"], limit=6)
+    assert {q.type for _, q in only} == {"Anomaly Detection"} and {n for *_, n in _kinds(only)} == {True, False}
+
+
+def test_limit_says_what_it_took(shared_fixture_root, tmp_path, capsys):
+    assert main(_eval(shared_fixture_root, tmp_path / "run", "--model", "baseline:random", "--limit", "10")) == 0
+    err = capsys.readouterr().err
+    line = next(l for l in err.splitlines() if l.startswith("--limit 10:"))
+    items = Benchmark(shared_fixture_root).select(limit=10)
+    assert line == f"--limit 10: {describe_selection(items)}"
+    assert "normal" in line and "defective" in line
+
+
+# -- plots ---------------------------------------------------------------------------
+def _scores_without(subtask_missing: str):
+    from mmad_boost.scoring import score_records
+
+    recs = []
+    for i, qtype in enumerate(["Anomaly Detection", "Defect Classification", "Object Classification"]):
+        if qtype == subtask_missing:
+            continue
+        for j in range(4):
+            recs.append({"qid": f"VisA/fryum/test/bad/{j}.png#{i}", "image": f"VisA/fryum/test/bad/{j}.png", "question_type": qtype,
+                         "correct_answer": "A", "gpt_answer": "A" if j % 2 else "B", "error": None, "options": {"A": "Yes", "B": "No"}})
+    return score_records(recs)
+
+
+def test_radar_draws_missing_subtasks_as_gaps_not_zero(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from mmad_boost import reports
+    from mmad_boost.scoring import SUBTASKS
+
+    scores = _scores_without("Defect Classification")
+    fig = reports.radar_figure([("run", scores)])
+    ax = fig.axes[0]
+    line = ax.get_lines()[0]
+    r = np.asarray(line.get_ydata(), dtype=float)
+    k = SUBTASKS.index("Defect Classification")
+    assert np.isnan(r[k])  # a gap in the shape, not a point at 0
+    assert not np.isnan(r[SUBTASKS.index("Anomaly Detection")])
+    labels = [t.get_text() for t in ax.get_xticklabels()]
+    assert any("n/a" in t for t in labels)  # the axis says why there is a gap
+    reports.radar([("run", scores)], tmp_path / "radar.png")
+    assert (tmp_path / "radar.png").stat().st_size > 5000
+
+
+def test_heatmap_says_na_for_missing_subtasks(tmp_path):
+    from mmad_boost import reports
+
+    scores = _scores_without("Defect Classification")
+    fig = reports.heatmap_figure(scores)
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert "n/a" in texts
+
+
+# -- progress ------------------------------------------------------------------------
+def test_stage_says_what_and_estimates_from_the_last_run(tmp_path, monkeypatch, capsys):
+    from mmad_boost import progress
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    import time
+
+    with progress.stage("fitting x", kind="test:x", units=10):
+        time.sleep(0.05)
+    err = capsys.readouterr().err
+    assert "fitting x: 10 images, no estimate yet" in err and "done in" in err
+    with progress.stage("fitting x", kind="test:x", units=20):
+        pass
+    assert "fitting x: 20 images, about" in capsys.readouterr().err
+    with progress.quiet():
+        with progress.stage("fitting x", kind="test:x", units=10):
+            pass
+        progress.say("hidden")
+    assert capsys.readouterr().err == ""
+
+
+def test_no_progress_silences_transformers_bars(capsys):
+    from transformers.utils import logging as tlog
+
+    from mmad_boost import progress
+
+    assert tlog.is_progress_bar_enabled()
+    with progress.quiet():
+        assert not tlog.is_progress_bar_enabled()
+        bar = tlog.tqdm(range(3), desc="Loading weights")
+        list(bar)
+    assert tlog.is_progress_bar_enabled()
+    assert "Loading weights" not in capsys.readouterr().err
