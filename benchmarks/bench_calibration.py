@@ -7,6 +7,15 @@ anything) and the hit rate (defective test images with a mark on the true mask),
 pooled over both.
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_calibration.py [--sizes 256 448] [--viz bbox] [--json FILE]
+
+With `--folds K` it instead measures calibration by cross-validation over the sample's images: the
+25 normals of a category rotate, 5 at a time, into the test set (bench_experts.py's folds; fold 0
+= the standard split); each fold fits on the other 20 and calibrates on those same 20 (leave-one-
+out, at `--false-marks`), then counts false marks on its 5 test normals and hits on the 15
+defects, beside the best single threshold chosen on that fold's test scores with no more false
+marks (the ROC's best, which peeks at the test labels). Nothing is tuned on any test fold.
+
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_calibration.py --folds 5 [--false-marks 0.1] [--json FILE]
 """
 from __future__ import annotations
 
@@ -21,6 +30,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))  # bench_experts' fold rotation
 
 
 def cli(argv: list[str]) -> str:
@@ -40,6 +50,58 @@ def cli_json(argv: list[str]) -> dict:
     return json.loads(cli(argv).strip().splitlines()[-1])
 
 
+def fold_study(categories: list[str], folds: int, false_marks: float, viz: str, options: dict) -> list[dict]:
+    import numpy as np
+    from PIL import Image
+
+    from bench_experts import fold_test_normals
+    from mmad_boost.experts import create_expert
+    from mmad_boost.experts.base import fit_and_calibrate
+    from mmad_boost.experts.operating import TARGETS, best_fixed, counts, scored
+    from mmad_boost.experts.sample import visa_split
+
+    rows = []
+    for cat in categories:
+        split = visa_split(cat)
+        normals = split.train + split.test_normal  # the standard test normals last
+        load = lambda p: Image.open(p).convert("RGB")  # noqa: E731
+        images = [load(p) for p in normals]
+        defects = [(load(p), np.asarray(Image.open(m)) > 0, p.name) for p, m in split.test_anomaly]
+        for fold in range(folds):
+            test = fold_test_normals(len(normals), len(split.test_normal), fold)
+            expert = create_expert("patchcore", **options)
+            fit_and_calibrate(expert, [im for i, im in enumerate(images) if i not in test], false_marks=false_marks)
+            outs = expert.predict_batch([images[i] for i in test] + [d[0] for d in defects])
+            items = [scored(normals[i].name, images[i], o.map, o.score, None, expert.resample) for i, o in zip(test, outs)]
+            items += [scored(name, im, o.map, o.score, mask, expert.resample) for (im, mask, name), o in zip(defects, outs[len(test):])]
+            curve = {}
+            for target in sorted(set(TARGETS) | {false_marks}):
+                expert.set_false_marks(target)
+                fm, hits, missed = counts(items, viz, expert.image_threshold, expert.pixel_threshold)
+                curve[target] = {"false_marks": fm, "hits": hits, "best_fixed_hits": best_fixed(items, viz, fm, expert.pixel_threshold),
+                                 "missed_areas": [round(m.area, 6) for m in missed]}
+            rows.append({"category": cat, "fold": fold, "normal": len(test), "defective": len(defects), "curve": curve})
+            c = curve[false_marks]
+            print(f"  {cat} fold {fold}: false marks {c['false_marks']}/{len(test)}, hits {c['hits']}/{len(defects)}, "
+                  f"best fixed {c['best_fixed_hits']}/{len(defects)}", file=sys.stderr, flush=True)
+    return rows
+
+
+def print_fold_table(rows: list[dict], false_marks: float) -> None:
+    targets = sorted(rows[0]["curve"], key=float)
+    hdr = f"{'category':9} {'target':>6} {'false marks':>13} {'hits':>12} {'best fixed':>12}"
+    print(hdr + "\n" + "-" * len(hdr))
+    for cat in list(dict.fromkeys(r["category"] for r in rows)) + ["both"]:
+        part = [r for r in rows if cat in ("both", r["category"])]
+        n, d = sum(r["normal"] for r in part), sum(r["defective"] for r in part)
+        for t in targets:
+            fm = sum(r["curve"][t]["false_marks"] for r in part)
+            hits = sum(r["curve"][t]["hits"] for r in part)
+            best = sum(r["curve"][t]["best_fixed_hits"] for r in part)
+            star = "  <- calibrated" if float(t) == false_marks else ""
+            print(f"{cat:9} {float(t):6g} {fm:>4}/{n:<3} {100 * fm / n:3.0f}% {hits:>3}/{d:<3} {100 * hits / d:3.0f}% {best:>3}/{d:<3} {100 * best / d:3.0f}%{star}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--categories", nargs="+", default=["fryum", "capsules"])
@@ -47,8 +109,23 @@ def main() -> int:
     ap.add_argument("--viz", default="bbox", choices=["bbox", "contour", "highlight", "mask"])
     ap.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="extra PatchCore option for every fit")
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--folds", type=int, default=0, help="cross-validate calibration over K folds of the normals instead (default 0: off)")
+    ap.add_argument("--false-marks", type=float, default=0.1, help="target false-mark rate for --folds (default 0.1)")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.folds:
+        import torch
+
+        from mmad_boost.experts.cli import _options
+
+        torch.set_num_threads(1)
+        rows = fold_study(args.categories, args.folds, args.false_marks, args.viz, _options(args.option))
+        print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; patchcore defaults {args.option or ''}; "
+              f"{args.folds} folds x 5 test normals + 15 defects per category; calibrated at {args.false_marks:g} on each fold's 20 training normals")
+        print_fold_table(rows, args.false_marks)
+        if args.json:
+            Path(args.json).write_text(json.dumps(rows, indent=1, default=str))
+        return 0
     from mmad_boost.demo import build_sample_bench
 
     rows = []

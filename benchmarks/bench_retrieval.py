@@ -9,6 +9,11 @@
    efSearch tuned likewise): ms per single query and recall@1 against exact search.
 2. The real KnowledgeRetriever (shipped knowledge base, references from the bundled sample): per
    query, milliseconds spent encoding the image / question vs searching the store.
+3. Look-alike products (lookalike_boards.py: boards of the same parts in other arrangements, made
+   from the bundled sample): top-1 and unknown rates of global-only and re-ranked retrieval with
+   the same references, skimage photos as out-of-domain queries, ms per query for each stage; for
+   8 layouts and for 40. `--choose` first prints the leave-one-out top-1 over all training boards
+   for each re-ranker setting (how the defaults were chosen; the query boards play no part).
 
 Run: .venv/bin/python benchmarks/bench_retrieval.py [--sizes 1000,100000,1000000] [--json out.json]
 """
@@ -157,6 +162,101 @@ def real_retriever(n_images: int = 8) -> dict:
     return out
 
 
+def _query_images(root: Path) -> list[tuple[str, object]]:
+    from PIL import Image
+
+    out = []
+    for p in sorted((root / "Boards").glob("*/test/good/*.png")):
+        with Image.open(p) as im:
+            out.append((p.parts[-4], im.convert("RGB")))
+    return out
+
+
+def _ood_images() -> list:
+    from PIL import Image
+    from skimage import data
+
+    return [Image.fromarray(getattr(data, n)()).convert("RGB") for n in ("chelsea", "coffee", "rocket")]
+
+
+def run_queries(retriever, queries, ood) -> dict:
+    """Top-1 / unknown over the query boards (after one warm-up query), unknown over `ood`, ms per stage."""
+    retriever.retrieve(mode="image", image=queries[0][1])  # warm: traces, lazily built arrays
+    rows, wall = [], []
+    for truth, img in queries:
+        t0 = time.perf_counter()
+        r = retriever.retrieve(mode="image", image=img)
+        wall.append((time.perf_counter() - t0) * 1000)
+        rows.append((r.category == truth, r.category is None, r.guess == f"Boards/{truth}", r))
+    ood_rows = [retriever.retrieve(mode="image", image=im) for im in ood]
+    res = [x[3] for x in rows]
+    return {"queries": len(rows), "top1": float(np.mean([x[0] for x in rows])), "unknown": float(np.mean([x[1] for x in rows])),
+            "top1_guess": float(np.mean([x[2] for x in rows])),
+            "accuracy_answered": float(np.mean([x[0] for x in rows if not x[1]])) if any(not x[1] for x in rows) else None,
+            "ood_unknown": float(np.mean([r.category is None for r in ood_rows])),
+            "encode_ms": float(np.mean([r.encode_ms for r in res])), "search_ms": float(np.mean([r.search_ms for r in res])),
+            "patch_ms": float(np.mean([r.patch_ms for r in res])), "match_ms": float(np.mean([r.rerank_ms - r.patch_ms for r in res])),
+            "total_ms": float(np.mean(wall))}
+
+
+def lookalike(work: Path, n_layouts: int, n_train: int, n_test: int, refs: int) -> dict:
+    """Global-only and re-ranked retrieval on `n_layouts` look-alike boards, same references."""
+    from lookalike_boards import many_layouts, write_boards
+
+    from mmad_boost.resources import sample_root
+    from mmad_boost.retrieval import KnowledgeRetriever
+    from mmad_boost.retrieval.knowledge import load_knowledge
+
+    root = write_boards(work / f"boards-{n_layouts}", sample_root(), many_layouts(n_layouts), n_train, n_test)
+    t0 = time.perf_counter()
+    reranked = KnowledgeRetriever.build(load_knowledge(root / "knowledge"), root, refs_per_category=refs, rerank=True)
+    build_s = time.perf_counter() - t0
+    global_only = KnowledgeRetriever(reranked.knowledge, image_encoder=reranked.image_encoder, image_store=reranked.image_store,
+                                     k=reranked.k, threshold=reranked.threshold, source="global-only")
+    queries, ood = _query_images(root), _ood_images()
+    return {"layouts": n_layouts, "references": len(reranked.image_store), "build_s": build_s, "calibration": reranked.calibration,
+            "rerank": reranked.reranker.config(), "global": run_queries(global_only, queries, ood),
+            "reranked": run_queries(reranked, queries, ood)}
+
+
+def choose_settings(work: Path, n_train: int) -> list[dict]:
+    """Leave-one-out top-1 over all training boards of the 8 main layouts, per re-ranker setting."""
+    from lookalike_boards import MAIN_LAYOUTS, write_boards
+
+    from mmad_boost.resources import sample_root
+    from mmad_boost.retrieval import KnowledgeRetriever
+    from mmad_boost.retrieval.calibration import calibrate
+    from mmad_boost.retrieval.knowledge import load_knowledge
+    from mmad_boost.retrieval.rerank import PatchReranker
+
+    root = write_boards(work / "boards-choose", sample_root(), MAIN_LAYOUTS, n_train, 0, seed=1)
+    r = KnowledgeRetriever.build(load_knowledge(root / "knowledge"), root, refs_per_category=0, rerank=False)
+    patches: dict[int, np.ndarray] = {}
+    rows = []
+    for size, radius, shortlist in [(s, rad, sl) for s in (128, 160, 224) for rad in (None, 1, 3, 5) for sl in (3, 8)]:
+        r.reranker = PatchReranker(size=size, radius=radius, shortlist=shortlist)
+        r.ref_patches = patches.get(size)
+        cal = calibrate(r)
+        patches[size] = r.ref_patches
+        rows.append({"size": size, "radius": radius, "shortlist": shortlist, **cal})
+        print(f"  size {size:3d}  radius {str(radius):>4s}  shortlist {shortlist}:  leave-one-out top-1 {100 * cal['top1']:.1f} %"
+              f" (global {100 * cal['top1_global']:.1f} %), margin threshold {cal['margin_threshold']:.3f}, unknown {100 * cal['unknown_rate']:.1f} %", flush=True)
+    return rows
+
+
+def _print_lookalike(res: dict) -> None:
+    cal = res["calibration"]
+    print(f"look-alike boards, {res['layouts']} layouts, {res['references']} references (k-center), build {res['build_s']:.1f} s; "
+          f"re-ranker {res['rerank']}; leave-one-out: top-1 {100 * cal['top1']:.1f} % re-ranked, {100 * cal['top1_global']:.1f} % global, "
+          f"margin threshold {cal['margin_threshold']:.3f}")
+    print(f"  {'stage':<10} {'top-1':>7} {'unknown':>8} {'answered acc.':>14} {'guess top-1':>12} {'OOD unknown':>12}   ms: encode  search  patches  match  total")
+    for name in ("global", "reranked"):
+        m = res[name]
+        acc = "-" if m["accuracy_answered"] is None else f"{100 * m['accuracy_answered']:.1f} %"
+        print(f"  {name:<10} {100 * m['top1']:6.1f} % {100 * m['unknown']:6.1f} % {acc:>14} {100 * m['top1_guess']:10.1f} % {100 * m['ood_unknown']:10.1f} %"
+              f"   {m['encode_ms']:10.1f} {m['search_ms']:7.2f} {m['patch_ms']:8.1f} {m['match_ms']:6.1f} {m['total_ms']:6.1f}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", default="1000,100000,1000000")
@@ -169,6 +269,9 @@ def main() -> None:
     # 1 thread: on a shared machine OpenMP threads spin-wait and make builds several times slower
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", 1)))
     ap.add_argument("--no-real", action="store_true", help="skip the real retriever")
+    ap.add_argument("--lookalike", default="8,40", help="look-alike runs: numbers of layouts, comma-separated ('' for none); default 8,40")
+    ap.add_argument("--lookalike-queries", type=int, default=20, help="query boards per layout (default 20; the 40-layout run uses a quarter)")
+    ap.add_argument("--choose", action="store_true", help="first print the leave-one-out grid the re-ranker's defaults were chosen from")
     ap.add_argument("--json")
     args = ap.parse_args()
     import faiss
@@ -197,6 +300,20 @@ def main() -> None:
             m = real[mode]
             print(f"real retriever, {mode} mode ({m['store_rows']} rows): encode {m['encode_ms']:.1f} ms + search {m['search_ms']:.3f} ms per query"
                   + (f"; {m['correct']}/{real['images']} VisA images got their category" if mode == "image" else ""))
+    if args.choose or args.lookalike:
+        import tempfile
+
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        with tempfile.TemporaryDirectory(prefix="lookalike-") as work:
+            if args.choose:
+                print("leave-one-out over 10 training boards of each of the 8 main layouts (80; none is a reference or query board below), per re-ranker setting:")
+                out["choose"] = choose_settings(Path(work), 10)
+            out["lookalike"] = []
+            for n in [int(x) for x in args.lookalike.split(",") if x]:
+                q = args.lookalike_queries if n <= 8 else max(2, args.lookalike_queries // 4)
+                res = lookalike(Path(work), n, 20, q, 5)
+                out["lookalike"].append(res)
+                _print_lookalike(res)
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
 

@@ -39,6 +39,12 @@ class BoostedModel(MLLM):
         an expert object, or a fitted expert folder (`mmad-boost expert fit`).
     viz: how the expert's map is drawn, one of STYLES (CLI: --viz; the old keyword `visualization` still works).
     calibrated: draw only what the expert believes (nothing on images it judges normal).
+    false_marks: the calibrated expert's target share of normal images marked (default 0.1, or
+        the rate a fitted folder was calibrated at); thresholds come from every training normal,
+        each scored by a model without it (experts.base). CLI: --false-marks.
+    evidence: "picture" (default), "text" (the verdict in words: score vs threshold, marked
+        regions as nine-grid positions and area) or "both"; calibrated mode only. CLI: --evidence.
+    holdout: None (default: calibrate on all normals) or the fraction held out of fitting for it.
     kb: the knowledge base, a folder from `mmad-boost kb build` or a knowledge folder/.toml file
         (CLI: --kb; the old keyword `knowledge` still works).
     """

@@ -67,7 +67,7 @@ def _add_eval(sub) -> None:
     p.add_argument("--base-url", help="openai: chat-completions endpoint base URL (default https://api.openai.com/v1)")
     p.add_argument("--api-key-env", help="openai: name of the environment variable holding the key (default OPENAI_API_KEY)")
     p.add_argument("--setting", default="1-shot", help=f"images shown before the query: {SETTING_HELP} (default 1-shot)")
-    p.add_argument("--workers", type=int, default=1, help="threads asking the model at once, for I/O-bound models (default 1)")
+    p.add_argument("--workers", type=int, default=1, help="threads asking the model at once, for I/O-bound models and batched hf: models (give at least its batch_size) (default 1)")
     p.add_argument("--limit", type=int, help="ask only the first N selected questions in a stratified image order (each image's questions "
                    "together; normal and defective images of each dataset and category in turn); prints what it took (default: all)")
     p.add_argument("--subset", type=int, help="ask a random subset of N questions, seeded by --seed (default: all)")
@@ -163,10 +163,6 @@ def cmd_eval(args) -> int:
     items = bench.select(datasets=args.dataset, categories=args.category, types=args.types, limit=args.limit, subset=args.subset, seed=args.seed)
     if not items:
         raise MmadError("no questions match the selection (--dataset/--category/--type/--limit); widen it")
-    if args.limit is not None:
-        from .data import describe_selection
-
-        print(f"--limit {args.limit}: {describe_selection(items)}", file=sys.stderr)
     model = None if args.backend == "ray" else build_model(args)  # ray: each worker builds its own
     if args.backend == "ray" and args.judge:
         raise MmadError("--judge works with --backend local only (the judge model is not sent to Ray workers); run the judged eval locally")
@@ -192,6 +188,10 @@ def cmd_eval(args) -> int:
     if summary.interrupted:
         return 130
     print(f"{summary.asked} asked, {summary.skipped} already recorded, {summary.errors} errors -> {summary.run_dir}", file=sys.stderr)
+    if args.limit is not None:  # what a limit took, so a table from a small sample is read as one
+        from .data import describe_selection
+
+        print(f"--limit {args.limit}: {describe_selection(items)}", file=sys.stderr)
     if not args.shard:
         _print_scores([Path(args.out)], "md")
     else:

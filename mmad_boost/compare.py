@@ -109,6 +109,9 @@ class Comparison:
         w.writeheader()
         for r in rows:
             w.writerow({k: _csv_value(k, v) for k, v in r.items()})
+        for p in self.published:  # published rows: values only (no deltas or intervals: another question set)
+            avg = p.rows.get("Average", {})
+            w.writerow({"run": p.label, **{c: _csv_value(c, avg.get(c)) for c in self.columns}})
         return buf.getvalue()
 
     def json(self) -> str:

@@ -402,7 +402,8 @@ def to_rgb(im: Image.Image) -> Image.Image:
 
 
 def load_mask(path: Path) -> np.ndarray:
-    """A boolean mask; a folder of masks is merged by maximum; label-valued masks binarised with > 0."""
+    """A boolean mask, read as MMAD did (protocol §7: maximum 1 as is, maximum 255 // 255, else > 0);
+    a folder of masks is merged by maximum."""
     if path.is_dir():
         files = sorted(f for f in path.iterdir() if f.suffix.lower() in (".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff"))
         if not files:
@@ -421,4 +422,6 @@ def load_mask(path: Path) -> np.ndarray:
         raise MmadError(f"mask {path} cannot be read ({type(e).__name__}); replace the file") from None
     if a.ndim == 3:
         a = a.max(axis=2)
-    return a > 0
+    from .rendering import gt_binary
+
+    return gt_binary(a) > 0

@@ -298,6 +298,16 @@ def _ci(intervals, row: str, col: str, delta: bool = False) -> str:
     return f'<br><span class="ci" title="95 % bootstrap interval over images">[{b[0]:.1f}, {b[1]:.1f}]</span>'
 
 
+def _robust_tables(run, cols, labels) -> str:
+    """The --circular / --judge figures of a run, beside MMAD's table (never mixed into it)."""
+    from .reports import robust_scores
+
+    what = {"circular": "CircularEval: right only if every rotation of the options is right (not MMAD's figure)",
+            "with judge": "with the judge's letters for unparsed answers (not MMAD's rule)"}
+    return "".join(f'<p class="meta">{html.escape(what[name])}</p><div class="tablewrap">{_scores_table(sc.rows, cols, labels, sc.intervals)}</div>'
+                   for name, sc in robust_scores(run.records).items())
+
+
 def _scores_table(rows: dict, columns, labels, intervals=None) -> str:
     from .reports import fmt
 
@@ -333,7 +343,8 @@ def _summary_table(runs: list[_Run], questions: list[dict]) -> str:
             if i > 0 and v is not None and b is not None and abs(v - b) >= 0.005:
                 delta = f' <span class="{"up" if v > b else "down"}">({v - b:+.2f})</span>'
             ci = _ci(paired, "Average", c, delta=True) if i else _ci(run.scores.intervals, "Average", c)
-            cells.append(f"<td>{fmt(v)}{delta}{ci}</td>")
+            shown = fmt(v) if v is not None else '<span class="na" title="no questions of this subtask">n/a</span>'
+            cells.append(f"<td>{shown}{delta}{ci}</td>")
         cells += [f"<td>{fmt(avg.get(c), c)}</td>" for c in ("Parse Failures", "Errors", "Questions")]
         if len(runs) > 1:
             fixed = sum(q["ch"][i] == "fixed" for q in questions) if i else 0
@@ -373,15 +384,17 @@ def _header(runs: list[_Run], questions: list[dict], heatmaps: list[str | None],
     parts.append(_summary_table(runs, questions))
     # the plots open at the top (radar of all runs, each run's heatmap; click for full size), the per-dataset tables below
     parts.append('<div class="plots top-plots">' + _link_img(radar, "radar: all runs", "radar"))
+    parts.append('<div class="heats">')
     parts += [_link_img(h, f"heatmap of run {i + 1}: {run.name}", "heat", f"{i + 1}: {run.name}") for i, (h, run) in enumerate(zip(heatmaps, runs))]
-    parts.append('</div><div class="runs">')
+    parts.append('</div></div><div class="runs">')
     cols = SUBTASKS + ("Average", "Overkill", "Miss", "F1", "Parse Failures", "Errors", "Questions")
     labels = dict(SHORT, **{"Parse Failures": "parse failures", "Errors": "errors", "Questions": "questions"})
     for i, run in enumerate(runs):
         meta = ", ".join(f"{k}: {html.escape(str(run.identity[k]))}" for k in ("model", "setting", "seed", "parser") if k in run.identity)
         parts.append(
             f"<details{' open' if len(runs) == 1 else ''}><summary>Run {i + 1}: {html.escape(run.name)}, per dataset "
-            f'<span class="meta">{meta}</span></summary><div class="tablewrap">{_scores_table(run.scores.rows, cols, labels, run.scores.intervals)}</div></details>'
+            f'<span class="meta">{meta}</span></summary><div class="tablewrap">{_scores_table(run.scores.rows, cols, labels, run.scores.intervals)}</div>'
+            + _robust_tables(run, cols[:8], labels) + "</details>"
         )
     parts.append("</div>")
     parts.append("</section>")

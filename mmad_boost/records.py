@@ -250,7 +250,7 @@ def rewrite_records(path: Path, records: list[dict]) -> None:
 
 
 @contextlib.contextmanager
-def _folder_lock(run_dir: Path):
+def folder_lock(run_dir: Path):
     """An exclusive OS lock on the run folder itself (no lock file left behind): shards started at
     the same moment check and write run.json one after the other."""
     try:
@@ -286,7 +286,7 @@ def check_run_config(run_dir: Path, identity: dict, *, force: bool = False, extr
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise MmadError(f"--out {run_dir}: cannot create the run folder ({e.strerror}); choose a writable folder") from None
-    with _folder_lock(run_dir):
+    with folder_lock(run_dir):
         if path.exists():
             old_id = read_run_file(path).get("identity", {})
             diffs = [k for k in sorted(set(old_id) | set(identity)) if old_id.get(k) != identity.get(k)]

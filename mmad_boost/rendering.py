@@ -16,6 +16,8 @@ all on an image the expert judged normal (decision False); its sentence says whi
 """
 from __future__ import annotations
 
+import hashlib
+import threading
 from dataclasses import dataclass, field
 
 import cv2
@@ -161,8 +163,26 @@ def mmad_foreground(query: Image.Image) -> np.ndarray | None:
     """MMAD's foreground on the drawn query: GrabCut (RGB array, 5 iterations) from the rectangle
     (int(0.01 W), int(0.01 H), int(0.98 W), int(0.98 H)); foreground = every pixel not labelled
     probable background (so the 1 % border strip, labelled definite background, counts as
-    foreground, as in MMAD's code). None when it covers under 5 % of the image (filter skipped)."""
+    foreground, as in MMAD's code). None when it covers under 5 % of the image (filter skipped).
+    GrabCut takes seconds at 512 px: the last few results are kept (five styles, one GrabCut)."""
     arr = np.array(query.convert("RGB"))
+    key = hashlib.sha1(arr.tobytes() + repr(arr.shape).encode()).hexdigest()
+    with _FG_LOCK:
+        if key in _FG_CACHE:
+            return _FG_CACHE[key]
+    fg = _grabcut_foreground(arr)
+    with _FG_LOCK:
+        _FG_CACHE[key] = fg
+        while len(_FG_CACHE) > 8:
+            _FG_CACHE.pop(next(iter(_FG_CACHE)))
+    return fg
+
+
+_FG_CACHE: dict[str, np.ndarray | None] = {}
+_FG_LOCK = threading.Lock()
+
+
+def _grabcut_foreground(arr: np.ndarray) -> np.ndarray | None:
     h, w = arr.shape[:2]
     mask = np.zeros((h, w), np.uint8)
     bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
@@ -172,6 +192,7 @@ def mmad_foreground(query: Image.Image) -> np.ndarray | None:
     except cv2.error:  # an image too small or too flat for GrabCut's models: no filter, as when too little is found
         return None
     fg = mask != cv2.GC_PR_BGD
+    fg.flags.writeable = False  # shared through the cache
     return None if np.sum(fg) < 0.05 * fg.size else fg
 
 

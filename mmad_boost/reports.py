@@ -174,14 +174,14 @@ def heatmap_figure(scores: Scores, title: str = ""):
     data = np.array([[scores.rows[n].get(c) if scores.rows[n].get(c) is not None else np.nan for c in cols] for n in names], dtype=float)
     fig, ax = plt.subplots(figsize=(1.2 * len(cols) + 2, 0.6 * len(names) + 1.8))
     im = ax.imshow(data, cmap="viridis", vmin=0, vmax=100, aspect="auto")
-    ax.set_xticks(range(len(cols)), [SHORT[c] for c in cols], rotation=30, ha="right")
-    ax.set_yticks(range(len(names)), names)
-    for i in range(len(names)):
+    ax.set_xticks(range(len(cols)), [SHORT[c] for c in cols], rotation=30, ha="right", fontsize=12)
+    ax.set_yticks(range(len(names)), names, fontsize=12)
+    for i in range(len(names)):  # large text: the HTML report shows this image at about half size
         for j in range(len(cols)):
             if np.isnan(data[i, j]):
-                ax.text(j, i, "n/a", ha="center", va="center", color="0.45", fontsize=8)
+                ax.text(j, i, "n/a", ha="center", va="center", color="0.45", fontsize=11)
             else:
-                ax.text(j, i, f"{data[i, j]:.1f}", ha="center", va="center", color="w" if data[i, j] < 60 else "k", fontsize=8)
+                ax.text(j, i, f"{data[i, j]:.1f}", ha="center", va="center", color="w" if data[i, j] < 60 else "k", fontsize=11)
     fig.colorbar(im, ax=ax, label="accuracy %")
     ax.set_title(title or "accuracy by dataset and subtask")
     fig.tight_layout()

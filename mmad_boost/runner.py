@@ -220,7 +220,7 @@ class Runner:
     # -- per image -----------------------------------------------------------
     def _image_context(self, sample: Sample) -> Query:
         t0 = time.perf_counter()
-        tkeys = self.setting.templates(sample)
+        tkeys = self.setting.templates(sample, self.bench)
         dkeys = self.setting.defect_examples(sample, self.bench, self.seed)
         bench = self.bench
         query = Query(
@@ -419,7 +419,7 @@ class Runner:
             if not p.is_file():
                 raise MmadError(f"image {p} (key {s.key!r} in {self.bench.questions_file}) not found; check --data")
             files[p] = None
-            for k in self.setting.templates(s):
+            for k in self.setting.templates(s, self.bench):
                 tp = self.bench.template_path(s, k)
                 if not tp.is_file():
                     raise MmadError(f"template {tp} of image {s.key!r} not found; check --data and the question file")
@@ -435,9 +435,13 @@ class Runner:
 def _remove_empty_run(out: Path, records: Path) -> None:
     import shutil
 
+    from .records import folder_lock
+
     records.unlink(missing_ok=True)
-    if not any(out.glob("records*.jsonl")):  # another shard may share the folder: keep its work
-        shutil.rmtree(out, ignore_errors=True)
+    own_lock = Path(f"{records}.lock")
+    with folder_lock(out):  # another shard may share the folder (its records or its lock file): keep it
+        if not any(f.name != "run.json" and f != own_lock for f in out.iterdir()):
+            shutil.rmtree(out, ignore_errors=True)
 
 
 def _copy_trace(trace: dict) -> dict:

@@ -18,8 +18,14 @@ class Setting:
     similar: bool = False
     defect_shots: int = 0
 
-    def templates(self, sample: Sample) -> list[str]:
+    def templates(self, sample: Sample, bench: Benchmark | None = None) -> list[str]:
+        """Template keys. 1-shot+ without `similar_templates` in the file: with the benchmark given, the
+        most similar normal images of the sample's category (train/good), ranked by retrieval/templates.py."""
         pool = sample.similar_templates if self.similar else sample.random_templates
+        if self.similar and len(pool) < self.shots and bench is not None:
+            from .retrieval.templates import similar_normals
+
+            pool = similar_normals(bench, sample, self.shots)
         if len(pool) < self.shots:
             which = "similar_templates" if self.similar else "random_templates"
             raise MmadError(

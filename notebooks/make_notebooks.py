@@ -31,7 +31,10 @@ CONFIG_NOTE = (
 SETUP = '''\
 import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded
-os.environ.setdefault("TQDM_DISABLE", "1")  # no library progress bars (and no TqdmWarning) in the notebook
+os.environ.setdefault("TQDM_DISABLE", "1")  # no library progress bars in the notebook
+import warnings
+# libraries import tqdm.auto, which warns in a notebook without ipywidgets; with the bars off the warning is moot
+warnings.filterwarnings("ignore", message="IProgress not found")
 from pathlib import Path
 
 import matplotlib.pyplot as plt

@@ -140,13 +140,18 @@ TEMPLATE_ENDS = {
     "qwen2_vl": ("<|im_start|>user\n", "<|im_start|>assistant\n"),
     "qwen2_5_vl": ("<|im_start|>user\n", "<|im_start|>assistant\n"),
     "llava_onevision": ("<|im_start|>user\n", "<|im_start|>assistant\n"),
+    "llava_next": ("<|im_start|>user\n", "<|im_start|>assistant\n"),
     "idefics3": ("<|begin_of_text|>User:", "Assistant:"),
+    "smolvlm": ("<|im_start|>User:", "Assistant:"),
     "gemma3": ("<bos><start_of_turn>user\n", "<start_of_turn>model\n"),
     "internvl": ("<|im_start|>user\n", "<|im_start|>assistant\n"),
 }
-# three shapes whose image-token counts differ in every family but Gemma 3 (fixed 4 per image)
+# three shapes whose image-token counts differ in most families (not Gemma 3: 4 per image; not
+# LLaVA-OneVision: base resolution only in multi-image prompts), each in its own grey level, so
+# every pixel row or tile the processor makes can be traced back to its image
 SHAPES = [(56, 56), (168, 56), (56, 112)]
-COLOURS = [(230, 20, 20), (20, 230, 20), (20, 20, 230)]
+GREYS = [50, 150, 235]
+SAME_COUNT = {"gemma3", "llava_onevision"}
 
 
 def _family_prompt(shapes=SHAPES, words=("Template:", " and the query ", " then the expert picture ", "Is it defective?")):
@@ -154,7 +159,7 @@ def _family_prompt(shapes=SHAPES, words=("Template:", " and the query ", " then 
 
     parts: list = [words[0]]
     for i, shape in enumerate(shapes):
-        parts += [Image.new("RGB", shape, COLOURS[SHAPES.index(shape)]), words[i + 1]]  # one colour per shape
+        parts += [Image.new("RGB", shape, (GREYS[SHAPES.index(shape)],) * 3), words[i + 1]]
     return Prompt(parts=parts)
 
 
@@ -170,11 +175,37 @@ def _find(seq: list, sub: list, start: int) -> int:
     raise AssertionError(f"text part {sub} not found after position {start}")
 
 
-def _frames(pixels):
-    """Pixel tensors as a list of non-padding rows/frames, whatever the family's layout."""
+def _rows(pixels):
+    """Pixel tensors as patch rows or tiles, whatever the family's layout, all-zero padding left out."""
     x = pixels.float()
-    x = x.reshape(-1, x.shape[-1]) if x.dim() == 2 else x.reshape(-1, *x.shape[-3:])
-    return [f for f in x if f.abs().sum() > 0]
+    x = x.reshape(-1, x.shape[-1]) if x.dim() == 2 else x.reshape(x.shape[:-3].numel(), -1)
+    return [f for f in x if f.any()]
+
+
+def _image_order(pixels, alone: list) -> list[int]:
+    """Which image each row/tile the model receives came from (matched against each image's
+    own tiles), consecutive repeats collapsed: [0, 1, 2] is prompt order."""
+    import torch
+
+    order = []
+    for f in _rows(pixels):
+        owner = [i for i, rows in enumerate(alone) if any(torch.allclose(f, r, atol=1e-4) for r in rows)]
+        assert len(owner) == 1, f"a tile matches images {owner}"
+        if not order or order[-1] != owner[0]:
+            order.append(owner[0])
+    return order
+
+
+def _between_texts(ids: list, tok, texts: list[str], token: int) -> list[int]:
+    """How many `token`s lie between consecutive text parts (found in order); none outside them."""
+    spans, pos = [], 0
+    for t in texts:
+        sub = tok.encode(t, add_special_tokens=False)
+        at = _find(ids, sub, pos)
+        spans.append((at, at + len(sub)))
+        pos = at + len(sub)
+    assert token not in ids[: spans[0][0]] and token not in ids[spans[-1][1]:]
+    return [ids[a_end:b_start].count(token) for (_, a_end), (b_start, _) in zip(spans, spans[1:])]
 
 
 @pytest.mark.slow
@@ -187,26 +218,29 @@ def test_family_images_in_prompt_order_own_template_new_text_only(tiny, family):
     model = create_model(f"hf:{tiny(family)}", max_new_tokens="4", dtype="float32")
     assert model.family is FAMILIES[family]
     tok = model.processor.tokenizer
-    prompt = _family_prompt()
-    ids = model.encode([prompt])["input_ids"][0].tolist()
     image_id = _image_token(model)
-    # each image alone: how many image tokens it expands to, and its pixels
-    singles = [model.encode([_family_prompt([s], ("a", "b"))]) for s in SHAPES]
-    expected = [int((e["input_ids"] == image_id).sum()) for e in singles]
-    if family != "gemma3":
-        assert len(set(expected)) == 3, expected
+    prompt, reverse = _family_prompt(), _family_prompt(SHAPES[::-1])
     texts = [p for p in prompt.parts if isinstance(p, str)]
-    spans, pos = [], 0
-    for t in texts:  # the prompt's text parts in order, image tokens only between them
-        at = _find(ids, tok.encode(t, add_special_tokens=False), pos)
-        spans.append((at, at + len(tok.encode(t, add_special_tokens=False))))
-        pos = spans[-1][1]
-    between = [sum(1 for t in ids[a_end:b_start] if t == image_id) for (_, a_end), (b_start, _) in zip(spans, spans[1:])]
-    assert between == expected
-    assert image_id not in ids[: spans[0][0]] and image_id not in ids[spans[-1][1]:]
-    combined = _frames(model.encode([prompt])["pixel_values"])
-    in_order = [f for e in singles for f in _frames(e["pixel_values"])]
-    assert len(combined) == len(in_order) and all(torch.equal(a, b) for a, b in zip(combined, in_order))
+    enc, enc_rev = model.encode([prompt]), model.encode([reverse])
+    # image tokens sit between the text parts they stood between, and follow their image
+    counts = _between_texts(enc["input_ids"][0].tolist(), tok, texts, image_id)
+    assert all(counts) and _between_texts(enc_rev["input_ids"][0].tolist(), tok, texts, image_id) == counts[::-1]
+    if family not in SAME_COUNT:
+        assert len(set(counts)) == 3, counts
+    # the pixels reach the model in prompt order (each image's own tiles from a prompt holding it
+    # twice: multi-image prompts are processed differently from single-image ones in LLaVA-OneVision)
+    alone = [_rows(model.encode([_family_prompt([s, s], ("a", "b", "c"))])["pixel_values"]) for s in SHAPES]
+    assert _image_order(enc["pixel_values"], alone) == [0, 1, 2]
+    assert _image_order(enc_rev["pixel_values"], alone) == [2, 1, 0]
+    ids = enc["input_ids"][0].tolist()
+    # exactly what the processor's own chat pipeline makes of the same conversation
+    messages, images = model.messages(prompt)
+    pictures = iter(images)
+    for item in messages[-1]["content"]:
+        if item["type"] == "image":
+            item["image"] = next(pictures)
+    own = model.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt")
+    assert torch.equal(own["input_ids"], enc["input_ids"]) and torch.equal(own["pixel_values"].float(), enc["pixel_values"].float())
     # the folder's own chat template, special tokens once (no second BOS)
     text = tok.decode(ids)
     user, assistant = TEMPLATE_ENDS[family]
@@ -217,6 +251,20 @@ def test_family_images_in_prompt_order_own_template_new_text_only(tiny, family):
     with torch.no_grad():
         model.model.lm_head.weight.zero_()
     assert model.generate(prompt) == "AAAA"
+
+
+def test_every_verified_family_has_a_tiny_model():
+    from mmad_boost.models.hf_families import FAMILIES
+
+    assert set(FAMILIES) == set(TINY_FAMILIES) == set(TEMPLATE_ENDS)
+
+
+def test_missing_processor_package_is_named(tmp_path):
+    from mmad_boost.models.hf_families import Family, check_needs
+
+    with pytest.raises(MmadError, match="needs the Python package no_such_pkg_mmad: pip install no_such_pkg_mmad"):
+        check_needs(Family("X", "x/x", needs=("no_such_pkg_mmad",)), str(tmp_path))
+    check_needs(None, str(tmp_path))
 
 
 def _batch_prompts():
@@ -272,6 +320,16 @@ def test_concurrent_callers_are_served_in_batches(tiny_qwen):
 
 
 @pytest.mark.slow
+def test_one_caller_at_a_time_is_told_to_raise_workers(tiny_qwen, capsys):
+    model = create_model(f"hf:{tiny_qwen}", max_new_tokens="1", dtype="float32", batch_size="4", batch_wait="5")
+    t0 = time.monotonic()
+    for _ in range(8):
+        model.generate(_prompt())
+    assert time.monotonic() - t0 < 5  # a lone caller never waits for a batch to fill
+    assert "run with --workers 4" in capsys.readouterr().err
+
+
+@pytest.mark.slow
 def test_eval_cli_batched_with_workers(tiny_qwen_answers_a, fixture_root, tmp_path):
     from mmad_boost.cli import main
 
@@ -281,6 +339,23 @@ def test_eval_cli_batched_with_workers(tiny_qwen_answers_a, fixture_root, tmp_pa
     assert main(argv) == 0
     records = read_records(out / "records.jsonl")
     assert len(records) == 8 and {r["response"] for r in records} == {"AA"} and not any(r["error"] for r in records)
+
+
+@pytest.mark.slow
+def test_runner_workers_fill_batches_and_answers_match_unbatched(tiny_qwen, fixture_root, tmp_path):
+    from mmad_boost.data import Benchmark
+    from mmad_boost.runner import Runner
+
+    bench = Benchmark(fixture_root)
+    items = bench.select()[:12]
+    answers = {}
+    for batch, workers in ((1, 1), (4, 4)):
+        model = create_model(f"hf:{tiny_qwen}", max_new_tokens="3", dtype="float32", batch_size=str(batch))
+        Runner(bench, model, tmp_path / f"b{batch}", workers=workers, progress=False, shuffle=False).run(items)
+        answers[batch] = {r["qid"]: r["response"] for r in read_records(tmp_path / f"b{batch}" / "records.jsonl")}
+        if batch > 1:
+            assert max(model._batcher.batch_sizes) > 1  # the runner's threads were served together
+    assert len(answers[1]) == 12 and answers[4] == answers[1]
 
 
 @pytest.mark.parametrize("remove", ["tokenizer.json", "model.safetensors", "preprocessor_config.json", "config.json"])
@@ -301,3 +376,49 @@ def test_bad_batch_options(tmp_path):
         create_model(f"hf:{tmp_path}", batch_size="0")
     with pytest.raises(MmadError, match="not valid"):
         create_model(f"hf:{tmp_path}", batch_size="many")
+
+
+# -- the micro-batching queue on its own (no model) --------------------------------------------
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=40, deadline=None)
+@given(callers=st.integers(1, 12), size=st.integers(1, 5), wait=st.sampled_from([0.0, 0.002, 0.02]),
+       bad=st.sets(st.integers(0, 11), max_size=3))
+def test_micro_batcher_gives_each_caller_its_own_answer(callers, size, wait, bad):
+    import threading
+
+    from mmad_boost.models.batching import MicroBatcher
+
+    seen: list[list[int]] = []
+
+    def run(items):
+        seen.append(list(items))
+        if any(i in bad for i in items):
+            raise ValueError(f"bad item in {items}")
+        time.sleep(0.001)
+        return [i * 10 for i in items]
+
+    batcher = MicroBatcher(run, size, wait)
+    results: dict = {}
+
+    def ask(i):
+        try:
+            results[i] = batcher.submit(i)
+        except ValueError as e:
+            results[i] = e
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(callers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert not any(t.is_alive() for t in threads)
+    for i in range(callers):
+        if i in bad:
+            assert isinstance(results[i], ValueError) and f"[{i}]" in str(results[i])  # fails alone
+        else:
+            assert results[i] == i * 10
+    assert all(len(b) <= size for b in seen)
+    served = [i for b in seen for i in b if len(b) == 1 or not any(j in bad for j in b)]
+    assert sorted(served) == list(range(callers))  # each question answered exactly once

@@ -81,8 +81,10 @@ def test_compare_shows_paired_intervals_and_the_paper(runs, capsys):
     cells = [c for c in line.split("|")[2:10] if c.strip()]
     assert cells and all("[" in c and "(" in c for c in cells)  # every delta with its paired interval
     assert "| GPT-4o (paper Table 2) | 68.63 |" in md and "paired intervals" in md
-    assert main(["compare", str(plain), str(second), "--format", "csv", "--bootstrap", "200"]) == 0
+    assert main(["compare", str(plain), str(second), "--format", "csv", "--bootstrap", "200", "--paper", "all_result"]) == 0
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    gpt = next(r for r in rows if r["run"] == "gpt-4o (all_result)")
+    assert gpt["Average"] == "74.31" and gpt["Average delta"] == ""
     assert rows[1]["Average delta beyond noise"] in ("yes", "no")
     lo, hi, d = (float(rows[1][k]) for k in ("Average delta low", "Average delta high", "Average delta"))
     assert lo <= d <= hi

@@ -49,7 +49,7 @@ def test_invalid_knowledge_file(case, shared_fixture_root, tmp_path, capsys):
     text, needles = KNOWLEDGE_CASES[case]
     kf = tmp_path / "bad.toml"
     kf.write_text(text)
-    expect_error(capsys, shared_fixture_root, tmp_path, *needles, extra=["--rag", "--knowledge", str(kf)])
+    expect_error(capsys, shared_fixture_root, tmp_path, *needles, extra=["--rag", "--kb", str(kf)])
 
 
 def test_invalid_mmad_knowledge_json(shared_fixture_root, tmp_path, capsys):
@@ -62,19 +62,19 @@ def test_invalid_mmad_knowledge_json(shared_fixture_root, tmp_path, capsys):
 
 def test_empty_knowledge_base(shared_fixture_root, tmp_path, capsys):
     (tmp_path / "kb").mkdir()
-    expect_error(capsys, shared_fixture_root, tmp_path, "kb", "no category .toml files", extra=["--rag", "--knowledge", str(tmp_path / "kb")])
+    expect_error(capsys, shared_fixture_root, tmp_path, "kb", "no category .toml files", extra=["--rag", "--kb", str(tmp_path / "kb")])
 
 
 def test_missing_knowledge_path(shared_fixture_root, tmp_path, capsys):
-    expect_error(capsys, shared_fixture_root, tmp_path, "nothing-here", "not found", extra=["--rag", "--knowledge", str(tmp_path / "nothing-here")])
+    expect_error(capsys, shared_fixture_root, tmp_path, "nothing-here", "not found", extra=["--rag", "--kb", str(tmp_path / "nothing-here")])
 
 
 def test_unknown_category_in_oracle_mode_fails_before_any_answer(fixture_root, tmp_path, capsys):
     kf = tmp_path / "widget.toml"
     kf.write_text("dataset = 'MVTec'\ncategory = 'widget'\nnormal = 'A round orange widget.'\n")
     # widget is known, gadget is not: the run must stop before asking anything, not halfway
-    expect_error(capsys, fixture_root, tmp_path, "category MVTec/gadget: not in the knowledge base", "--mmad-knowledge", extra=["--rag", "--knowledge", str(kf)])
-    rc, _, err = run_cli(capsys, *eval_args(fixture_root, tmp_path / "run", "--rag", "--knowledge", str(kf), "--category", "widget", "--limit", "2"))
+    expect_error(capsys, fixture_root, tmp_path, "category MVTec/gadget: not in the knowledge base", "--mmad-knowledge", extra=["--rag", "--kb", str(kf)])
+    rc, _, err = run_cli(capsys, *eval_args(fixture_root, tmp_path / "run", "--rag", "--kb", str(kf), "--category", "widget", "--limit", "2"))
     assert rc == 0, err
 
 
@@ -206,7 +206,7 @@ def test_damaged_kb_folder_through_the_cli(shared_fixture_root, tmp_path, capsys
     kb.mkdir()
     (kb / "kb.json").write_text("{")
     (kb / "knowledge.json").write_text("[]")
-    expect_error(capsys, shared_fixture_root, tmp_path, "kbdir", "rebuild", extra=["--rag", "--knowledge", str(kb)])
+    expect_error(capsys, shared_fixture_root, tmp_path, "kbdir", "rebuild", extra=["--rag", "--kb", str(kb)])
 
 
 # -- untrusted files: a static check of the whole package --------------------------------------------

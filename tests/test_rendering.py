@@ -1,4 +1,5 @@
-"""Expert pictures against known answers on synthetic maps (protocol §7)."""
+"""Expert pictures against known answers on synthetic maps (protocol §7), and faithful pictures
+against tests/mmad_drawing_reference.py, a separate plain reading of §7: zero differing pixels."""
 import cv2
 import matplotlib
 import numpy as np
@@ -279,9 +280,14 @@ def test_ground_truth_pictures_equal_the_reference(values):
         mask[y:y + 25 + 5 * k, x:x + 30] = values[1 + k % (len(values) - 1)]
     mask[300:302, 450:452] = values[-1]  # 4 px: kept, no area filter for ground truth
     image = noise_image(900, 700, seed=2)
+    from mmad_boost.experts import create_expert
+
+    gt = create_expert("gt")
+    via_expert = gt.predict(image, mask=mask).map  # the path a benchmark run takes
     for style in STYLES:
-        got = render(image, mask, style, is_gt=True)
-        assert differing(got.image, ref.gt_picture(image, mask, style)) == 0, style
+        want = ref.gt_picture(image, mask, style)
+        assert differing(render(image, mask, style, is_gt=True).image, want) == 0, style
+        assert differing(render(image, via_expert, style, **drawing_options(gt)).image, want) == 0, style
     if values == (0, 128, 255):  # MMAD: a maximum of 255 means // 255, so the 128 blobs are not marked
         region = render(image, mask, "mask", is_gt=True).region
         assert region.sum() == cv2.resize((mask == 255).astype(np.uint8), region.shape[::-1], interpolation=cv2.INTER_NEAREST).sum()
@@ -331,6 +337,9 @@ def test_drawing_options_follow_the_expert():
     opts = drawing_options(fewshot)
     assert opts == {"is_gt": False, "resample": "bilinear", "normalisation": "max", "foreground": True}
     assert drawing_options(create_expert("gt"))["is_gt"] is True
+    from mmad_boost.experts.anomalyclip import AnomalyCLIP  # class attributes: no CLIP weights needed
+
+    assert drawing_options(AnomalyCLIP)["normalisation"] == "min-max" and drawing_options(AnomalyCLIP)["resample"] == "nearest"
     cfg = fewshot.config()  # MMAD's expert runs (protocol §7), on this machine's weights
     assert (cfg["mode"], cfg["size"], cfg["coreset_ratio"], cfg["knn"], cfg["topk"]) == ("few-shot", 224, 0.99, 1, 0.0)
     assert create_expert("patchcore-fewshot", foreground=False).config()["foreground"] is False
@@ -344,3 +353,28 @@ def test_min_max_normalisation_for_anomalyclip_maps():
     assert render(gray(), m, "bbox", normalisation="min-max").boxes == [(10, 10, 19, 19)]  # 0.5 < 2/3
     with pytest.raises(MmadError):
         render(gray(), m, "bbox", normalisation="sum")
+
+
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(w=st.integers(8, 1400), h=st.integers(8, 1400), mw=st.integers(4, 300), mh=st.integers(4, 300),
+       floor=st.floats(0.0, 50.0), seed=st.integers(0, 2**16), nearest=st.booleans())
+def test_any_size_any_floor_equals_the_reference(w, h, mw, mh, floor, seed, nearest):
+    image = noise_image(w, h, seed=seed)
+    amap = smooth_map(mw, mh, floor=floor, seed=seed)
+    assert_faithful(image, amap, resample="nearest" if nearest else "bilinear")
+
+
+def test_benchmark_masks_read_as_mmad(tmp_path):
+    from mmad_boost.data import load_mask
+
+    raw = np.zeros((40, 50), np.uint8)
+    raw[5:15, 5:15], raw[20:30, 20:30] = 255, 128  # maximum 255: only 255 counts (// 255)
+    Image.fromarray(raw).save(tmp_path / "m.png")
+    assert np.array_equal(load_mask(tmp_path / "m.png"), raw == 255)
+    labels = np.zeros((40, 50), np.uint8)
+    labels[5:15, 5:15], labels[20:30, 20:30] = 1, 2  # labels: > 0
+    Image.fromarray(labels).save(tmp_path / "l.png")
+    assert np.array_equal(load_mask(tmp_path / "l.png"), labels > 0)

@@ -122,3 +122,13 @@ def test_judge_option_without_judge_is_refused(fixture_root, tmp_path, capsys):
     assert main(["eval", "--data", str(fixture_root), "--model", "baseline:random", "--judge-option", "a=b",
                  "--no-progress", "--out", str(tmp_path / "x")]) == 2
     assert "--judge-option needs --judge" in capsys.readouterr().err
+
+
+def test_html_report_shows_the_circular_figure_beside_mmads(fixture_root, tmp_path, server):
+    from mmad_boost.html_report import write_html_report
+
+    server.reply = lambda body, n: (200, {}, completion("Answer: A"))
+    out = tmp_path / "biased"
+    assert _eval(fixture_root, out, server.url, "--circular", "--type", "Object Classification") == 0
+    page = write_html_report([out], tmp_path / "site").read_text()
+    assert "CircularEval: right only if every rotation" in page and "95 % bootstrap interval" in page

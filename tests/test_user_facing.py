@@ -36,6 +36,7 @@ def _write_module(tmp_path, name, letter):
     (tmp_path / f"{name}.py").write_text(textwrap.dedent(MODULE.replace("{letter}", letter)))
 
 
+@pytest.mark.slow
 def test_editing_a_python_model_is_another_configuration(shared_fixture_root, tmp_path, monkeypatch, capsys):
     import subprocess
     import sys
@@ -62,6 +63,35 @@ def test_editing_a_python_model_is_another_configuration(shared_fixture_root, tm
     assert edited.returncode == 2
     assert "another configuration" in edited.stderr and "model_config" in edited.stderr
     assert len((out / "records.jsonl").read_text().splitlines()) == 3
+
+
+def test_python_model_identity_follows_its_source(tmp_path, monkeypatch):
+    import importlib
+
+    from mmad_boost.models import create_model
+    from mmad_boost.models.base import model_config
+    from mmad_boost.models.python_spec import code_identity
+
+    pkg = tmp_path / "user_pkg_identity"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("from .impl import answer\n")
+    (pkg / "impl.py").write_text('def answer(images, text):\n    return "Answer: A"\n')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    model = create_model("python:user_pkg_identity:answer")
+    code = model_config(model)["code"]
+    assert code["code_files"] == ["__init__.py", "impl.py"] and code["options"] == {}
+    before = code["code_sha256"]
+    (pkg / "impl.py").write_text('def answer(images, text):\n    return "Answer: B"\n')  # an edit in a helper module
+    after = code_identity(importlib.import_module("user_pkg_identity"))["code_sha256"]
+    assert after != before
+    # the identity the runner stores holds it
+    from mmad_boost.data import Benchmark
+    from mmad_boost.runner import Runner
+
+    root = tmp_path / "data"
+    _two_dataset_bench(root)
+    ident = Runner(Benchmark(root), model, tmp_path / "run", progress=False).identity()
+    assert ident["model_config"]["code"]["code_sha256"] == before
 
 
 def test_python_model_options_are_part_of_the_identity(shared_fixture_root, tmp_path, monkeypatch, capsys):
@@ -234,3 +264,22 @@ def test_no_progress_silences_transformers_bars(capsys):
         list(bar)
     assert tlog.is_progress_bar_enabled()
     assert "Loading weights" not in capsys.readouterr().err
+
+
+# -- one name per thing in Python too ------------------------------------------------
+def test_boosted_model_old_keywords_warn_and_still_work(tmp_path):
+    from mmad_boost.boosted import BoostedModel
+    from mmad_boost.errors import MmadError
+
+    base = lambda images, text: "Answer: A"  # noqa: E731
+    with pytest.warns(DeprecationWarning, match="use viz="):
+        m = BoostedModel(base, expert="gt", visualization="contour")
+    assert m.viz == "contour" == m.visualization and m.config()["expert"]["style"] == "contour"
+    assert BoostedModel(base, expert="gt", viz="mask").config()["expert"]["style"] == "mask"
+    with pytest.warns(DeprecationWarning), pytest.raises(MmadError, match="disagree"):
+        BoostedModel(base, expert="gt", viz="mask", visualization="contour")
+    kb = tmp_path / "missing-kb"
+    with pytest.warns(DeprecationWarning, match="use kb="), pytest.raises(MmadError, match="missing-kb"):
+        BoostedModel(base, rag=True, knowledge=kb)
+    with pytest.raises(MmadError, match="missing-kb"):
+        BoostedModel(base, rag=True, kb=kb)

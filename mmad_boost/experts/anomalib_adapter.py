@@ -153,6 +153,15 @@ class AnomalibExpert(Expert):
                 opt.step()
 
     def _predict_map(self, image, mask, templates):
+        return self._predict_maps([image])[0]
+
+    def predict_batch(self, images, *, templates=None) -> list:
+        """`predict` for many images in batches of `batch` through anomalib's model."""
+        if not self.fitted:
+            return super().predict_batch(images, templates=templates)  # its error message
+        return [self.output(*r) for i in range(0, len(images), self.batch) for r in self._predict_maps(images[i:i + self.batch])]
+
+    def _predict_maps(self, images) -> list[tuple[np.ndarray, float]]:
         import torch
         import torch.nn.functional as F
 
@@ -160,12 +169,15 @@ class AnomalibExpert(Expert):
         module.model.eval()
         with torch.inference_mode(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            out = module.model(self._tensor([image]))
-        amap = out.anomaly_map
-        w, h = image.size
-        amap = F.interpolate(amap.reshape(1, 1, *amap.shape[-2:]).float(), size=(h, w), mode="bilinear", align_corners=False)
-        score = out.pred_score
-        return amap[0, 0].numpy().astype(np.float32), float(score.reshape(-1)[0])
+            out = module.model(self._tensor(list(images)))
+        maps = out.anomaly_map.reshape(len(images), 1, *out.anomaly_map.shape[-2:]).float()
+        scores = out.pred_score.reshape(-1)
+        results = []
+        for j, image in enumerate(images):
+            w, h = image.size
+            amap = F.interpolate(maps[j:j + 1], size=(h, w), mode="bilinear", align_corners=False)
+            results.append((amap[0, 0].numpy().astype(np.float32), float(scores[j])))
+        return results
 
     # -- persistence: fitted buffers only (the backbone is reloaded from its file) ----
     def _state(self) -> dict[str, np.ndarray]:

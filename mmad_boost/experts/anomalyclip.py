@@ -34,6 +34,7 @@ TEMPLATES = (
 class AnomalyCLIP(Expert):
     name = kind = "anomalyclip"
     resample = "nearest"  # as MMAD resized AnomalyCLIP maps
+    normalisation = "min-max"  # MMAD's AnomalyCLIP drawing min-max normalised (its PatchCore code divides by the max)
 
     def __init__(self, arch: str = "ViT-L-14-336", weights: str | None = None, image_size: int | None = 518,
                  layers: list[int] | None = None, prompts: str | None = None, object_name: str = "object",

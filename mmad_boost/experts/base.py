@@ -343,6 +343,8 @@ def load_expert(directory: str | Path, *, false_marks: float | None = None) -> E
             expert.normals = NormalScores([float(v) for v in cal["normal_scores"]], [float(v) for v in cal["normal_map_max"]],
                                           str(cal.get("method", "?")), check_false_marks(cal.get("false_marks", DEFAULT_FALSE_MARKS)),
                                           float(cal.get("margin", 1.0)))
+            if not expert.normals.scores or len(expert.normals.scores) != len(expert.normals.map_max):
+                raise ValueError("normal_scores and normal_map_max must be non-empty lists of one length")
         except (KeyError, TypeError, ValueError, MmadError) as e:
             raise MmadError(f"{meta_file}: field 'calibration' is damaged ({e}); refit with `mmad-boost expert fit`") from None
     if false_marks is not None:

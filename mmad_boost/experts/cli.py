@@ -29,6 +29,8 @@ def register_cli(sub) -> None:
                         "changeable later without refitting (expert eval --false-marks)")
     f.add_argument("--holdout", type=float, default=None, help="fraction of the normal images kept out of fitting for calibration "
                    "(default: none, every normal fits and is scored by a model without it: leave-one-out for patchcore, 5-fold refits otherwise)")
+    f.add_argument("--defects", metavar="DIR", help="folder of labelled defective TRAINING images (never test ones): patchcore then "
+                   "chooses its image score (top-k fraction) by how many of them it catches at the target rate (default: none, keep the configured rule)")
     f.add_argument("--margin", type=float, default=1.0, help="image threshold = conformal quantile of the normal scores x margin (default 1.0)")
     f.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="expert option, e.g. size=320 (repeatable; default: none)")
     f.add_argument("--out", required=True, help="expert folder to write")
@@ -126,11 +128,26 @@ def cmd_fit(args) -> int:
     t0 = time.perf_counter()
     fit_and_calibrate(expert, [load_rgb(f) for f in fit_files], [load_rgb(f) for f in cal_files], margin=args.margin,
                       false_marks=args.false_marks, progress=Progress())
+    choice = []
+    if args.defects:
+        from .score_choice import choose_topk
+
+        defect_files = _images_in(Path(args.defects))
+        if not defect_files:
+            raise MmadError(f"--defects {args.defects}: no images found; give a folder of defective training images")
+        if cal_files or getattr(expert, "kind", "") != "patchcore" or getattr(expert, "mode", "") != "full":
+            raise MmadError("--defects: the image score is chosen for patchcore (full mode) calibrated on all normals; drop --holdout")
+        choice = choose_topk(expert, [load_rgb(f) for f in defect_files])
+        for r in choice:
+            print(f"  image score top {100 * r['topk']:g} %: catches {r['caught']}/{r['defects']} training defects at the target rate"
+                  + ("  <- chosen" if r["chosen"] else ""), file=sys.stderr)
     fit_s = time.perf_counter() - t0
     out = expert.save(args.out)
     meta_file = out / "expert.json"
     meta = json.loads(meta_file.read_text())
-    meta.update(category=f"{dataset}/{category}", fit_images=[f.name for f in fit_files], calibration_images=[f.name for f in cal_files])
+    meta.update(category=f"{dataset}/{category}", fit_images=[f.name for f in fit_files], calibration_images=[f.name for f in cal_files or fit_files])
+    if choice:
+        meta["image_score_choice"] = choice
     write_text(meta_file, json.dumps(meta, indent=1))
     how = f"on {len(cal_files)} held out" if cal_files else (f"on all {len(fit_files)} ({expert.normals.method})" if expert.normals else "(nothing to calibrate)")
     print(f"fitted {getattr(expert, 'name', args.expert)} on {len(fit_files)} images and calibrated {how} in {fit_s:.1f} s, "
@@ -293,6 +310,10 @@ def cmd_render(args) -> int:
         path = dest / f"{Path(args.image).stem}_{style}.png"
         save_image(pic.image, path)
         sentences[style] = {"file": path.name, "sentence": pic.sentence, "marked": pic.marked}
+        if mode == "calibrated":  # what `eval --evidence text|both` would add to the prompt
+            from ..evidence import verdict_text
+
+            sentences[style]["evidence_text"] = verdict_text(out.score, getattr(expert, "image_threshold", None), out.decision, pic.region)
     write_text(dest / "sentences.json", json.dumps({"mode": mode, "score": out.score, "decision": out.decision, "pictures": sentences}, indent=1))
     print(f"score {out.score:.4g}, decision {out.decision}; wrote {len(STYLES)} pictures ({mode}) to {dest}", file=sys.stderr)
     return 0

@@ -127,6 +127,9 @@ TOP_FIELDS: dict[str, tuple[Check, bool]] = {  # name: (check, required)
     "fit_images": (list_of(text()), False),
     "calibration_images": (list_of(text()), False),
     "calibration": (object_of(CALIBRATION_FIELDS), False),
+    # how `expert fit --defects` chose patchcore's image score (experts.score_choice): for the record only
+    "image_score_choice": (list_of(object_of({k: (scalar, True) for k in ("topk", "threshold", "caught", "defects", "mean_ratio", "configured", "chosen")}),
+                                   max_items=100), False),
 }
 
 CONFIG_FIELDS: dict[str, dict[str, Check]] = {
@@ -158,6 +161,9 @@ ARRAYS: dict[str, dict[str, int | None] | None] = {
 }
 
 
+REQUIRED_WHEN_FITTED: dict[str, tuple[str, ...]] = {"patchcore": ("memory_bank",)}  # full mode; few-shot fits per query
+
+
 def _err(where: str, what: str) -> MmadError:
     return MmadError(f"{where}: {what}; refit with `mmad-boost expert fit` or restore the folder")
 
@@ -186,6 +192,10 @@ def validate_meta(meta: Any, meta_file: Path) -> dict:
         problem = (check or scalar)(value)
         if problem:
             raise _err(str(meta_file), f"config {key!r} {problem}")
+    config = meta.get("config") or {}
+    for name in REQUIRED_WHEN_FITTED.get(kind, ()):  # a fitted expert without its state would fail at the first image
+        if meta.get("fitted", True) and config.get("mode", "full") == "full" and name not in (meta.get("arrays") or []):
+            raise _err(str(meta_file), f"'arrays' lacks {name!r}, which a fitted {kind} needs")
     allowed = ARRAYS.get(kind)
     for name in meta.get("arrays") or []:
         if allowed is not None and name not in allowed:
@@ -212,12 +222,14 @@ def check_npy(path: Path, folder: Path, ndim: int | None = None) -> None:
             else:
                 raise ValueError(f"npy format version {version} is not supported")
             offset = f.tell()
-    except (ValueError, OSError, EOFError, SyntaxError, TypeError) as e:
+    except Exception as e:  # numpy's header parser raises many types (ValueError, SyntaxError, TokenError, ...)
         raise _err(str(path), f"not a plain NumPy array file ({' '.join(str(e).split())[:160]})") from None
     if dtype.hasobject or dtype.kind not in "biuf" or dtype.fields is not None:
         raise _err(str(path), f"holds {dtype} values, not plain numbers")
     if ndim is not None and len(shape) != ndim:
         raise _err(str(path), f"has shape {shape}, expected {ndim} dimensions")
+    if 0 in shape:
+        raise _err(str(path), f"has shape {shape}: no values")
     claimed = math.prod(shape) * dtype.itemsize
     if claimed > MAX_ARRAY_BYTES or claimed != size - offset:
         raise _err(str(path), f"header claims shape {shape} of {dtype} ({claimed} bytes) but the file holds {size - offset}")

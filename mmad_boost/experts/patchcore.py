@@ -250,12 +250,15 @@ class PatchCore(Expert):
             outs = [self.predict(im, templates=[images[(i + 1) % len(images)]]) for i, im in enumerate(images)]
             return np.array([o.score for o in outs]), np.array([float(o.map.max()) for o in outs])
         owner, feats = self._fit(images, progress)
-        scores, maxima = [], []
+        scores, maxima, self._calibration_patches = [], [], []
         for i, image in enumerate(images):
             keep = owner != i
             if not keep.any():
                 raise MmadError(f"expert {self.name}: every memory-bank entry came from one image; give more normal images")
-            amap, score = self._score_features(image, feats[i], self._index_of(self.bank[keep]))
+            loo = self._index_of(self.bank[keep])
+            searched = knn_patch_scores(loo, np.ascontiguousarray(feats[i].reshape(-1, feats.shape[-1])), self.knn)
+            amap, score = self._score_features(image, feats[i], loo, searched)
+            self._calibration_patches.append(searched[0])  # in memory only: lets an image-score rule be chosen without searching again
             scores.append(score)
             maxima.append(float(amap.max()))
             if progress is not None:
@@ -285,18 +288,27 @@ class PatchCore(Expert):
         return index
 
     def predict_batch(self, images: list[Image.Image], *, templates=None) -> list:
-        """`predict` for many images: features extracted in one pass, no image decoded twice."""
+        """`predict` for many images: each decoded and resized once, all patches searched in one call."""
         index = self._active_index(templates)
-        feats = self.features(list(images))
-        return [self.output(*self._score_features(im, f, index)) for im, f in zip(images, feats)]
+        out = []
+        for i in range(0, len(images), 32):  # bounds the search's distance matrix
+            part = list(images[i:i + 32])
+            feats = self.features(part)
+            n, h, w, c = feats.shape
+            scores, nn = knn_patch_scores(index, np.ascontiguousarray(feats.reshape(-1, c)), self.knn)
+            hw = h * w
+            out += [self.output(*self._score_features(im, feats[j], index, (scores[j * hw:(j + 1) * hw], nn[j * hw:(j + 1) * hw])))
+                    for j, im in enumerate(part)]
+        return out
 
-    def _score_features(self, image, feats, index):
-        """(map at the image's size, image score) of one image's patch features against a bank."""
+    def _score_features(self, image, feats, index, searched=None):
+        """(map at the image's size, image score) of one image's patch features against a bank
+        (`searched`: its (patch scores, nearest entries) when already searched)."""
         import cv2
 
         h, w, c = feats.shape
         flat = np.ascontiguousarray(feats.reshape(-1, c))
-        scores, nn = knn_patch_scores(index, flat, self.knn)
+        scores, nn = searched if searched is not None else knn_patch_scores(index, flat, self.knn)
         patch = scores.reshape(h, w)
         score = self._reweighted(index, flat, scores, nn) if self.reweight else top_mean(scores, self.topk)
         amap = cv2.resize(patch, (self.size, self.size), interpolation=cv2.INTER_LINEAR)

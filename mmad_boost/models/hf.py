@@ -19,7 +19,7 @@ from ..errors import MmadError
 from ..prompt import Prompt
 from .base import MLLM
 from .batching import MicroBatcher
-from .hf_families import family_of, processor_images
+from .hf_families import check_needs, family_of, family_of_folder, processor_images
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
@@ -100,6 +100,10 @@ class HFVisionModel(MLLM):
         self.batch_size = int(batch_size)
         model_dir = resolve_model_dir(path)
         check_model_dir(model_dir)
+        try:
+            check_needs(family_of_folder(json.loads((model_dir / "config.json").read_text())), str(model_dir))
+        except (ValueError, UnicodeDecodeError, AttributeError):
+            pass  # a broken config.json is reported by transformers below, in one line
         self.model_dir = model_dir
 
         import torch
@@ -115,6 +119,8 @@ class HFVisionModel(MLLM):
             self.processor = transformers.AutoProcessor.from_pretrained(str(model_dir), **kw)
         except Exception as e:
             raise MmadError(f"hf: cannot load the processor from {model_dir}: {_first_line(e)}") from None
+        if not getattr(self.processor, "chat_template", None) and getattr(getattr(self.processor, "tokenizer", None), "chat_template", None):
+            self.processor.chat_template = self.processor.tokenizer.chat_template  # older folders keep it with the tokenizer only
         if not getattr(self.processor, "chat_template", None):
             raise MmadError(f"hf: the processor in {model_dir} has no chat template (chat_template.jinja); save one with the processor")
         torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
@@ -193,7 +199,7 @@ class HFVisionModel(MLLM):
             images.append(ims)
         # the rendered template already holds the special tokens (BOS etc.): add none twice
         inputs = self.processor(
-            text=texts, images=processor_images(self.family, images), return_tensors="pt", padding=True, add_special_tokens=False
+            text=texts, images=processor_images(images), return_tensors="pt", padding=True, add_special_tokens=False
         )
         return inputs.to(self.model.device, dtype=self.model.dtype)
 

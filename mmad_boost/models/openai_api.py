@@ -266,10 +266,13 @@ class OpenAIChatModel(MLLM):
             try:
                 try:
                     with _opener(deadline).open(req, timeout=self.timeout) as resp:
-                        return resp.status, resp.headers, _read_capped(resp)
+                        result = resp.status, resp.headers, _read_capped(resp)
                 except urllib.error.HTTPError as e:
                     with e:
-                        return e.code, e.headers, _read_capped(e)
+                        result = e.code, e.headers, _read_capped(e)
+                if deadline.fired:  # the shut-down socket may have ended a body without a length early
+                    raise TimeoutError("deadline")
+                return result
             except (OSError, http.client.HTTPException):
                 if deadline.fired:
                     raise TimeoutError(f"no complete answer within the request deadline of {self.deadline:g} s") from None
@@ -336,6 +339,9 @@ class OpenAIChatModel(MLLM):
 
 def _read_capped(resp) -> bytes:
     data = resp.read(MAX_RESPONSE_BYTES + 1)
+    remaining = getattr(resp, "length", None)  # http.client returns a short body silently; a cut-off answer is retried
+    if isinstance(remaining, int) and remaining > 0 and len(data) <= MAX_RESPONSE_BYTES:
+        raise http.client.IncompleteRead(data, remaining)
     if len(data) > MAX_RESPONSE_BYTES:
         raise ModelError(f"response larger than {MAX_RESPONSE_BYTES >> 20} MB; not a chat completion")
     return data

@@ -9,7 +9,8 @@
 
 The model's identity (stored in run.json, so a rerun after editing the code is refused instead of
 mixing answers) holds a hash of its source: the module's file (every .py file of the package when
-the module is one) and the file defining the named object, plus the options.
+the module is one) and the file defining the named object, plus the options, unless the model
+defines its own `config()` (then that says which options change its answers).
 """
 from __future__ import annotations
 
@@ -127,13 +128,19 @@ def create(rest: str, **options: Any):
     mod = _import(module, spec)
     target = _resolve(mod, attr, spec)
     made = _build(target, attr, spec, options)
-    code = {**code_identity(mod, target, made.fn if isinstance(made, FunctionModel) else made),
-            "options": {k: str(v) for k, v in sorted(options.items())}}
+    code = code_identity(mod, target, made.fn if isinstance(made, FunctionModel) else made)
+    if not _declares_identity(made):  # a model with its own config() says which options change its answers
+        code["options"] = {k: str(v) for k, v in sorted(options.items())}
     try:  # read by models.base.model_config, which Runner and BoostedModel store in run.json
         setattr(made, CODE_ATTR, code)
     except (AttributeError, TypeError):
         made = PythonModel(made, code)
     return made
+
+
+def _declares_identity(model) -> bool:
+    own = getattr(type(model), "config", None)
+    return callable(own) and own is not MLLM.config and not isinstance(model, FunctionModel)
 
 
 def _build(target, attr: str, spec: str, options: dict):

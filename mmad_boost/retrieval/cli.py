@@ -23,6 +23,15 @@ def register_cli(sub) -> None:
     b.add_argument("--refs-per-category", type=int, default=5, metavar="N", help="reference images per category (default 5; 0 = all)")
     b.add_argument("--index", default="flat", choices=["flat", "ivf", "hnsw"], help="FAISS index: flat (exact), ivf or hnsw (approximate, for large KBs); default flat")
     b.add_argument("--threshold", type=float, help="similarity below which a query is 'unknown' (default 0.5)")
+    b.add_argument("--ref-selection", default="k-center", choices=["k-center", "first"],
+                   help="how references are picked from train/good: k-center (cover the category's variation, from up to 8 x N "
+                        "candidates spread over the folder) or first (the first N by name); default k-center")
+    b.add_argument("--no-rerank", action="store_true",
+                   help="global embedding only; default: a second stage re-ranks the shortlist by patch matching "
+                        "(tells look-alike products apart; stores patch features in KB_DIR)")
+    b.add_argument("--max-risk", type=float, default=0.0, metavar="R",
+                   help="share of leave-one-out mistakes the calibrated margin may still accept (0-1; default 0: "
+                        "every leave-one-out mistake would have been 'unknown')")
     b.add_argument("--text", action="store_true", help="also index the knowledge chunks for text retrieval (MiniLM)")
     b.add_argument("--out", required=True, help="KB folder to write")
     b.add_argument("--no-progress", action="store_true", help="no progress messages, also none from libraries (default: shown)")
@@ -62,8 +71,10 @@ def cmd_build(args) -> int:
 
     if args.refs_per_category < 0:
         raise MmadError("--refs-per-category: give 0 (all) or a positive number")
+    if not 0 <= args.max_risk < 1:
+        raise MmadError(f"--max-risk {args.max_risk}: give a share in [0, 1)")
     ks = _knowledge(args)
-    found = mmad_layout_references(args.data, args.refs_per_category)
+    found = mmad_layout_references(args.data, args.refs_per_category, pool=args.ref_selection == "k-center")
     in_data = {(kds, cat) for (_, kds), cats in found.items() for cat in cats}
     missing = sorted(f"{d}/{c}" for d, c in in_data if ks.find(c, d) is None or ks.find(c, d).dataset != d)
     if len(missing) == len(in_data):
@@ -75,14 +86,23 @@ def cmd_build(args) -> int:
 
     refs = sum(len(imgs) for cats in found.values() for imgs in cats.values())
     with stage(f"kb build: encoding reference images with {args.encoder}" + (" and knowledge text with MiniLM" if args.text else ""),
-               kind=f"kb-build:{args.encoder}" + (":text" if args.text else ""), units=refs, unit="reference images"):
+               kind=f"kb-build:{args.encoder}" + (":text" if args.text else ""), units=refs, unit="candidate reference images"):
         r = KnowledgeRetriever.build(ks, args.data, refs_per_category=args.refs_per_category, image_encoder=args.encoder,
-                                     text=args.text, store_kind=args.index,
+                                     text=args.text, store_kind=args.index, selection=args.ref_selection,
+                                     rerank=not args.no_rerank, max_risk=args.max_risk,
                                      threshold=args.threshold if args.threshold is not None else DEFAULT_THRESHOLD)
     r.save(args.out)
     with_refs = sum(1 for c in ks if c.references)
     print(f"KB {args.out}: {len(ks)} categories ({with_refs} with reference images), {len(r.image_store)} references, "
-          f"encoder {args.encoder}, index {args.index}")
+          f"encoder {args.encoder}, index {args.index}, references by {args.ref_selection}"
+          + ("" if args.no_rerank else ", re-ranked by patch matching"))
+    cal = r.calibration
+    if cal.get("left_out"):
+        print(f"leave-one-out over {cal['left_out']} references: top-1 {100 * cal['top1']:.1f} % re-ranked "
+              f"({100 * cal['top1_global']:.1f} % global only); margin threshold {cal['margin_threshold']:.3f} "
+              f"(unknown for {100 * cal['unknown_rate']:.1f} % of them)")
+    elif cal.get("note"):
+        print(f"note: {cal['note']}", file=sys.stderr)
     return 0
 
 
@@ -100,8 +120,9 @@ def cmd_query(args) -> int:
         res = r.retrieve(mode="image", image=load_rgb(Path(img)))  # untrusted file: one line for a damaged image or a decompression bomb
         if args.json:
             print(json.dumps({"image": img, "category": res.category, "dataset": res.dataset, "score": res.score,
-                              "runner_up": res.runner_up, "runner_up_score": res.runner_up_score,
-                              "encode_ms": round(res.encode_ms, 2), "search_ms": round(res.search_ms, 3)}))
+                              "runner_up": res.runner_up, "runner_up_score": res.runner_up_score, "guess": res.guess,
+                              "margin": res.margin, "encode_ms": round(res.encode_ms, 2), "search_ms": round(res.search_ms, 3),
+                              "rerank_ms": round(res.rerank_ms, 2)}))
         else:
             cat = f"{res.dataset}/{res.category}" if res.category else "unknown"
             print(f"{img}\t{cat}\tscore {_fmt(res.score)}\trunner-up {res.runner_up or '-'} ({_fmt(res.runner_up_score)})")
@@ -112,9 +133,10 @@ def evaluate(retriever, bench, ood_images: list[Path]) -> dict:
     """Top-1 category accuracy over the question file's images, unknown rates, mean milliseconds per query."""
     from .knowledge import knowledge_dataset
 
-    enc, search = [], []
+    enc, search, rerank = [], [], []
     correct = unknown = 0
     per_cat: dict[str, list[int]] = {}
+    decisions = []  # (truth, answer or None, top-ranked guess, in-domain, margin)
     samples = [s for s in bench.samples if bench.resolve(s.key).is_file()]  # a partial download: score what is there
     if not samples:
         raise MmadError(f"{bench.root}: none of the question file's images are there; check --data")
@@ -122,6 +144,10 @@ def evaluate(retriever, bench, ood_images: list[Path]) -> dict:
         res = retriever.retrieve(mode="image", image=bench.load_image(bench.resolve(s.key)))
         enc.append(res.encode_ms)
         search.append(res.search_ms)
+        rerank.append(res.rerank_ms)
+        truth = f"{knowledge_dataset(s.dataset)}/{s.category}"
+        decisions.append((truth, f"{res.dataset}/{res.category}" if res.category else None, res.guess,
+                          res.score is not None and res.score >= retriever.threshold, res.margin if res.margin is not None else 0.0))
         ok = res.category == s.category and res.dataset == knowledge_dataset(s.dataset)
         correct += ok
         unknown += res.category is None
@@ -140,9 +166,40 @@ def evaluate(retriever, bench, ood_images: list[Path]) -> dict:
         "ood_images": len(ood_images), "ood_unknown_rate": ood_unknown / len(ood_images) if ood_images else None,
         "encode_ms": sum(enc) / len(enc) if enc else None, "search_ms": sum(search) / len(search) if search else None,
         "per_category": {k: v[0] / v[1] for k, v in sorted(per_cat.items())},
+        "rerank_ms": sum(rerank) / len(rerank) if rerank else None,
         "references": len(retriever.image_store) if retriever.image_store is not None else 0,
-        "threshold": retriever.threshold,
+        "threshold": retriever.threshold, "margin_threshold": retriever.margin_threshold,
+        "confusion": confusion(decisions), "coverage": coverage_curve(decisions),
     }
+
+
+def confusion(decisions) -> dict:
+    """{true category: {answer (or "unknown"): count}}."""
+    out: dict = {}
+    for truth, answer, *_ in decisions:
+        row = out.setdefault(truth, {})
+        row[answer or "unknown"] = row.get(answer or "unknown", 0) + 1
+    return out
+
+
+def coverage_curve(decisions, levels=(0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)) -> list[dict]:
+    """Risk against coverage: answering only the most confident share of the images (in-domain by
+    similarity first, then by margin), the accuracy of the top-ranked guesses among them."""
+    ranked = sorted(decisions, key=lambda d: (d[3], d[4]), reverse=True)
+    out = []
+    for c in levels:
+        top = ranked[: max(1, int(round(c * len(ranked))))]
+        out.append({"coverage": c, "images": len(top), "accuracy": sum(d[2] == d[0] for d in top) / len(top)})
+    return out
+
+
+def print_confusion(conf: dict) -> None:
+    labels = sorted(conf)
+    cols = labels + sorted({a for row in conf.values() for a in row} - set(labels) - {"unknown"}) + ["unknown"]
+    print("confusion (rows: true category, columns: answer; #i = row i)")
+    for i, t in enumerate(labels):
+        print(f"  #{i:<3d} {t[:28]:28s} " + " ".join(f"{conf[t].get(c, 0):>4d}" for c in cols))
+    print("  " + " " * 34 + " ".join(f"{('#' + str(labels.index(c))) if c in labels else c[:4]:>4s}" for c in cols))
 
 
 def cmd_eval(args) -> int:
@@ -165,9 +222,12 @@ def cmd_eval(args) -> int:
     print(f"top-1 category acc.    {pct(res['top1_accuracy'])}")
     print(f"unknown (in-domain)    {pct(res['unknown_rate_in_domain'])}")
     print(f"unknown (out-of-domain){'':1}{pct(res['ood_unknown_rate'])}  ({res['ood_images']} images)")
-    print(f"ms per query           encode {_fmt(res['encode_ms'])}  search {_fmt(res['search_ms'])}")
+    print(f"ms per query           encode {_fmt(res['encode_ms'])}  search {_fmt(res['search_ms'])}  re-rank {_fmt(res['rerank_ms'])}")
     for cat, acc in res["per_category"].items():
         print(f"  {cat:30s} {pct(acc)}")
+    print_confusion(res["confusion"])
+    print("accuracy at coverage (most confident share answered): "
+          + "  ".join(f"{100 * p['coverage']:.0f} %: {pct(p['accuracy'])}" for p in res["coverage"]))
     if args.json:
         print(json.dumps(res))
     return 0

@@ -13,6 +13,32 @@ from .store import VectorStore
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 DEFAULT_REFS = 5
+POOL_FACTOR = 8  # k-center chooses N references among up to 8 N candidates (encoding all of a big folder is slow)
+
+
+def _spread(items: list, n: int) -> list:
+    """n items evenly spaced over the list (all when it is shorter)."""
+    if len(items) <= n:
+        return list(items)
+    return [items[int(i * len(items) / n)] for i in range(n)]
+
+
+def select_references(vectors, n: int | None) -> list[int]:
+    """Rows of `vectors` (L2-normalised embeddings) that cover them: greedy k-center, started at the
+    medoid (the row most similar to the mean), each next pick the row farthest from all picked so far.
+    All rows when n is 0/None or not smaller than their number; the picks in row order."""
+    import numpy as np
+
+    v = np.asarray(vectors, dtype=np.float32)
+    if not n or n >= len(v):
+        return list(range(len(v)))
+    chosen = [int(np.argmax(v @ v.mean(axis=0)))]
+    dmin = 1.0 - v @ v[chosen[0]]  # cosine distance to the nearest pick
+    for _ in range(n - 1):
+        i = int(np.argmax(dmin))
+        chosen.append(i)
+        dmin = np.minimum(dmin, 1.0 - v @ v[i])
+    return sorted(chosen)
 
 
 def bundled_references(root: Path) -> dict[str, list[Path]]:
@@ -32,15 +58,17 @@ def bundled_references(root: Path) -> dict[str, list[Path]]:
     return {k: sorted(v)[:DEFAULT_REFS] for k, v in out.items()}
 
 
-def mmad_layout_references(root: str | Path, n: int) -> dict[tuple[str, str], dict[str, list[Path]]]:
-    """{(dataset folder, knowledge dataset): {category: first n images of <ds>/<cat>/train/good}}."""
+def mmad_layout_references(root: str | Path, n: int, pool: bool = False) -> dict[tuple[str, str], dict[str, list[Path]]]:
+    """{(dataset folder, knowledge dataset): {category: images of <ds>/<cat>/train/good}}: the first n,
+    or with `pool` up to POOL_FACTOR x n spread evenly over the folder (sorted), to choose n from."""
     root = Path(root)
     if not root.is_dir():
         raise MmadError(f"{root}: data root not found; pass the folder holding <Dataset>/<category>/train/good")
     out: dict = {}
     for good in sorted(root.glob("*/*/train/good")):
         ds, cat = good.parents[2].name, good.parents[1].name
-        imgs = sorted(p for p in good.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[: n or None]
+        imgs = sorted(p for p in good.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        imgs = _spread(imgs, POOL_FACTOR * n) if (pool and n) else imgs[: n or None]
         if imgs:
             out.setdefault((ds, knowledge_dataset(ds)), {})[cat] = imgs
     if not out:

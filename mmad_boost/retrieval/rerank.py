@@ -8,9 +8,12 @@ nearest-patch distance (Chamfer distance between the two sets of patch features)
 
     d(Q, R) = 1/2 (mean over q in Q of min over r in R |q - r| + mean over r in R of min over q in Q |r - q|)
 
-Nearest-patch matching ignores where a patch sits, so it is robust to translation and crop; both
-directions count, so a query showing only part of a reference (or a reference with details the
-query lacks) is not a perfect match. A category's distance is that of its nearest reference.
+With `radius` = r, a patch is matched only within r patches of its own grid position (both maps
+resized to the same square grid): the layout counts (two boards made of the same parts in other
+places differ), yet a shift or crop of up to r patches costs nothing. `radius=None` matches
+anywhere (pure Chamfer, fully translation-invariant). Both directions count, so a query showing
+only part of a reference (or a reference with details the query lacks) is not a perfect match. A
+category's distance is that of its nearest reference.
 
 Only the references of the `shortlist` best categories of the global stage are compared, so the
 cost per query is bounded by shortlist x references per category, whatever the number of categories.
@@ -20,44 +23,76 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from ..experts.backbones import DEFAULT_BACKBONE
+from ..errors import MmadError
+from ..experts.backbones import DEFAULT_BACKBONE, parse_spec
 
 # Chosen by leave-one-out over the look-alike benchmark's references (docs/knowledge.md).
 DEFAULT_SIZE = 160  # working size: 20 x 20 patches of 152 dims (EfficientNet-Lite0)
-DEFAULT_SHORTLIST = 3  # categories handed on by the global stage
+DEFAULT_SHORTLIST = 8  # categories handed on by the global stage
+DEFAULT_RADIUS = 3  # patches (of 20 per side): shifts up to 15 % of the image are free
 MIN_MARGIN = 0.02  # relative margin under which two categories are a tie, whatever the calibration says
 
 
 class PatchReranker:
     """Patch features of images and Chamfer distances between them (one shared backbone per process)."""
 
-    def __init__(self, backbone: str = DEFAULT_BACKBONE, size: int = DEFAULT_SIZE, shortlist: int = DEFAULT_SHORTLIST):
-        from ..experts.patchcore import PatchCore
-
+    def __init__(self, backbone: str = DEFAULT_BACKBONE, size: int = DEFAULT_SIZE, shortlist: int = DEFAULT_SHORTLIST,
+                 radius: int | None = DEFAULT_RADIUS):
+        if int(size) < 32 or int(shortlist) < 1 or (radius is not None and int(radius) < 0):
+            raise MmadError(f"re-ranker size {size}, shortlist {shortlist}, radius {radius}: use size >= 32, shortlist >= 1, radius >= 0 or None")
+        parse_spec(backbone)  # a missing weights file fails here, not at the first query
         self.backbone, self.size, self.shortlist = backbone, int(size), int(shortlist)
-        self._extractor = PatchCore(backbone=backbone, size=self.size, batch=8)  # its `features`: the same machinery
+        self.radius = None if radius is None else int(radius)
+        self._extractor = None
+        self._windows: dict[int, np.ndarray] = {}
+
+    def __getstate__(self):  # Ray ships retrievers with cloudpickle: the extractor (locks, traces) is rebuilt there
+        return {**self.__dict__, "_extractor": None}
 
     def config(self) -> dict:
-        return {"backbone": self.backbone, "size": self.size, "shortlist": self.shortlist}
+        return {"backbone": self.backbone, "size": self.size, "shortlist": self.shortlist, "radius": self.radius}
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> "PatchReranker":
+        return cls(cfg.get("backbone", DEFAULT_BACKBONE), cfg.get("size", DEFAULT_SIZE), cfg.get("shortlist", DEFAULT_SHORTLIST),
+                   cfg.get("radius", DEFAULT_RADIUS))
 
     def features(self, images: list[Image.Image]) -> np.ndarray:
         """(N, patches, C) float32, each patch L2-normalised (brightness changes scale features)."""
         if not images:
             return np.zeros((0, 0, 0), np.float32)
+        if self._extractor is None:
+            from ..experts.patchcore import PatchCore
+
+            self._extractor = PatchCore(backbone=self.backbone, size=self.size, batch=8)  # its `features`: the same machinery
         f = self._extractor.features(list(images))
         f = f.reshape(len(f), -1, f.shape[-1]).astype(np.float32)
         return f / np.maximum(np.linalg.norm(f, axis=2, keepdims=True), 1e-6)
 
-    @staticmethod
-    def distances(query: np.ndarray, refs: np.ndarray) -> np.ndarray:
-        """Symmetric mean nearest-patch distance of one query (P, C) to each of M references (M, P', C)."""
+    def _window(self, patches: int) -> np.ndarray | None:
+        """(P, P) True where two grid cells are within `radius` of each other (None: anywhere)."""
+        if self.radius is None:
+            return None
+        if patches not in self._windows:
+            g = int(round(patches ** 0.5))
+            y, x = np.divmod(np.arange(patches), g)
+            self._windows[patches] = (np.abs(y[:, None] - y[None]) <= self.radius) & (np.abs(x[:, None] - x[None]) <= self.radius)
+        return self._windows[patches]
+
+    def distances(self, query: np.ndarray, refs: np.ndarray) -> np.ndarray:
+        """Symmetric mean nearest-patch distance of one query (P, C) to each of M references (M, P, C)."""
         if len(refs) == 0:
             return np.zeros(0, np.float32)
         m, p, c = refs.shape
+        if query.shape != (p, c):
+            raise MmadError(f"re-ranker: query patches {query.shape} do not match the references' {(p, c)}; rebuild the KB")
         q = np.ascontiguousarray(query, dtype=np.float32)
         r = np.ascontiguousarray(refs.reshape(m * p, c), dtype=np.float32)
         # unit vectors: |q - r|^2 = 2 - 2 q.r
-        sim = (q @ r.T).reshape(len(q), m, p)
+        sim = (q @ r.T).reshape(p, m, p)
+        window = self._window(p)
+        if window is not None:
+            sim = np.where(window[:, None, :], sim, -1.0)
         d_q = np.sqrt(np.maximum(2 - 2 * sim.max(axis=2), 0)).mean(axis=0)  # each query patch to its nearest in R
         d_r = np.sqrt(np.maximum(2 - 2 * sim.max(axis=0), 0)).mean(axis=1)  # each reference patch to its nearest in Q
         return (0.5 * (d_q + d_r)).astype(np.float32)

@@ -3,6 +3,9 @@
 Modes (`retrieve(mode=...)`):
 - `oracle`: the category is given (MMAD's behaviour); all its entries go into the prompt.
 - `image`: the k nearest reference images vote for a category; below `threshold` -> unknown (None).
+  With a re-ranker (`rerank=True`, what `kb build` makes), the shortlisted categories are then
+  ordered by patch-level matching (rerank.py), and a margin to the runner-up under the calibrated
+  `margin_threshold` (leave-one-out over the references, calibration.py) -> unknown too.
 - `text`: the knowledge chunks most similar to the question (and options) text.
 - `image+text`: the category by image, then that category's chunks ranked by the question.
 """
@@ -20,7 +23,8 @@ from PIL import Image
 from ..errors import MmadError
 from .encoders import DEFAULT_IMAGE_ENCODER, DEFAULT_TEXT_ENCODER, Encoder, create_encoder
 from .knowledge import DEFAULT_BUDGET, CategoryKnowledge, KnowledgeSet, import_mmad_knowledge, knowledge_dataset, load_knowledge
-from .references import DEFAULT_REFS, IMAGE_SUFFIXES, bundled_references, disk_cache_load, disk_cache_save, mmad_layout_references
+from .references import DEFAULT_REFS, IMAGE_SUFFIXES, bundled_references, disk_cache_load, disk_cache_save, mmad_layout_references, select_references
+from .rerank import PatchReranker, relative_margin
 from .store import VectorStore, describe, same_encoder
 
 __all__ = ["KnowledgeRetriever", "Retrieval", "MODES", "DEFAULT_THRESHOLD", "IMAGE_SUFFIXES", "mmad_layout_references"]
@@ -45,6 +49,14 @@ class Retrieval:
     chunks: list[dict] = field(default_factory=list)  # {dataset, category, entry, kind, text, score}
     encode_ms: float = 0.0
     search_ms: float = 0.0
+    # the decision: `guess` = the top-ranked "dataset/category" even when the answer is unknown;
+    # `margin` = its lead over the runner-up (re-ranked: relative distance gap; global: similarity gap)
+    guess: str | None = None
+    margin: float | None = None
+    distance: float | None = None  # re-ranked: patch distance of the chosen category (lower = closer)
+    runner_up_distance: float | None = None
+    rerank_ms: float = 0.0  # patch features of the query + matching against the shortlist
+    patch_ms: float = 0.0  # of which the query's patch features
 
 
 def _chunk(c: CategoryKnowledge, e, score: float | None = None) -> dict:
@@ -62,6 +74,15 @@ def _open_image(image) -> Image.Image:
         raise MmadError(f"{p}: image not found") from None
     except OSError as e:
         raise MmadError(f"{p}: not a readable image ({e})") from None
+
+
+def _shrunk(image: Image.Image, size: int = 320) -> Image.Image:
+    """The query as the references are decoded (`_thumb`), so both reach the re-ranker alike."""
+    if max(image.size) <= size:
+        return image
+    im = image.convert("RGB")
+    im.thumbnail((size, size))
+    return im
 
 
 def _thumb(path: Path, size: int = 320) -> Image.Image:
@@ -85,6 +106,10 @@ class KnowledgeRetriever:
         top_k_chunks: int | None = None,
         store_kind: str = "flat",
         source: str = "",
+        rerank: PatchReranker | dict | bool | None = None,
+        margin_threshold: float | None = None,
+        ref_patches: np.ndarray | None = None,
+        calibration: dict | None = None,
     ):
         self.knowledge = knowledge
         self._image_encoder_spec = image_encoder
@@ -97,6 +122,15 @@ class KnowledgeRetriever:
         self.top_k_chunks = top_k_chunks
         self.store_kind = store_kind
         self.source = source
+        if rerank is True:
+            rerank = PatchReranker()
+        elif isinstance(rerank, dict):
+            rerank = PatchReranker.from_config(rerank)
+        self.reranker: PatchReranker | None = rerank or None
+        self.margin_threshold = margin_threshold  # None: no margin rule (unknown only under `threshold`)
+        self.ref_patches = ref_patches  # (store rows, patches, C) float16, built on first use
+        self.calibration = calibration or {}
+        self._rows: dict | None = None
         self._lock = threading.RLock()  # runner threads may ask for the lazily built stores at once
 
     def __getstate__(self):  # Ray ships models with cloudpickle: locks cannot travel
@@ -143,18 +177,28 @@ class KnowledgeRetriever:
 
     @classmethod
     def build(cls, knowledge: KnowledgeSet, data_root: str | Path | None = None, *, refs_per_category: int = DEFAULT_REFS,
-              image_encoder: str = DEFAULT_IMAGE_ENCODER, text: bool = False, **kw) -> "KnowledgeRetriever":
+              image_encoder: str = DEFAULT_IMAGE_ENCODER, text: bool = False, selection: str = "k-center",
+              max_risk: float = 0.0, **kw) -> "KnowledgeRetriever":
         """Encode reference images now: from each category's `train/good` under an MMAD-layout root, or the
-        references its knowledge file lists. `text=True` also encodes the knowledge chunks."""
+        references its knowledge file lists. `selection`: `k-center` picks references that cover the
+        category's variation (from a pool of up to 8 x refs_per_category images), `first` the first N.
+        With a re-ranker, the margin threshold is calibrated by leave-one-out (`max_risk`: the share of
+        leave-one-out mistakes it may still accept). `text=True` also encodes the knowledge chunks."""
+        if selection not in ("k-center", "first"):
+            raise MmadError(f"reference selection {selection!r}: use k-center or first")
         if data_root is not None:
-            found = mmad_layout_references(data_root, refs_per_category)
+            found = mmad_layout_references(data_root, refs_per_category, pool=selection == "k-center")
             for c in knowledge:
                 for (_, kds), cats in found.items():
                     if kds == c.dataset and c.category in cats:
                         c.references = cats[c.category]
                         break
         r = cls(knowledge, image_encoder=image_encoder, **kw)
-        r._ensure_image_store(refs_per_category)
+        r._ensure_image_store(refs_per_category, selection)
+        if r.reranker is not None:
+            from .calibration import calibrate
+
+            calibrate(r, max_risk)
         if text:
             r._ensure_text_store()
         return r
@@ -179,15 +223,15 @@ class KnowledgeRetriever:
             self._text_encoder_spec = spec if isinstance(spec, Encoder) else create_encoder(spec)
         return self._text_encoder_spec
 
-    def _ensure_image_store(self, refs_per_category: int | None = None) -> VectorStore:
+    def _ensure_image_store(self, refs_per_category: int | None = None, selection: str = "first") -> VectorStore:
         if self.image_store is not None:
             return self.image_store
         with self._lock:
             if self.image_store is None:
-                self._build_image_store(refs_per_category)
+                self._build_image_store(refs_per_category, selection)
         return self.image_store
 
-    def _build_image_store(self, refs_per_category: int | None) -> None:
+    def _build_image_store(self, refs_per_category: int | None, selection: str = "first") -> None:
         cats = [c for c in self.knowledge if c.references]
         if not cats:
             raise MmadError(
@@ -201,9 +245,11 @@ class KnowledgeRetriever:
         enc = self.image_encoder
         store = VectorStore(enc.identity, self.store_kind)
         for c in cats:
-            paths = c.references[:refs_per_category] if refs_per_category else c.references
-            vecs = enc.encode_images([_thumb(p) for p in paths])
-            store.add(vecs, [{"dataset": c.dataset, "category": c.category, "image": str(p)} for p in paths])
+            pool = c.references if selection == "k-center" else c.references[: refs_per_category or None]
+            vecs = enc.encode_images([_thumb(p) for p in pool])
+            keep = select_references(vecs, refs_per_category) if selection == "k-center" else list(range(len(pool)))
+            c.references = [pool[i] for i in keep]
+            store.add(vecs[keep], [{"dataset": c.dataset, "category": c.category, "image": str(p)} for p in c.references])
         self.image_store = store
         disk_cache_save(self, cats, store)
 
@@ -275,24 +321,83 @@ class KnowledgeRetriever:
         n = len(store) if len(store) <= 4096 else max(self.k * 8, 64)
         scores, ids = store.search(q, n)
         t2 = time.perf_counter()
-        per_cat: dict[tuple[str, str], list[float]] = {}
-        for s, i in zip(scores[0], ids[0]):
-            if i >= 0:
-                m = store.meta[i]
-                per_cat.setdefault((m["dataset"], m["category"]), []).append(float(s))
-        ranked = rank_votes(per_cat, self.k)
         r = Retrieval("image", None, None, encode_ms=(t1 - t0) * 1000, search_ms=(t2 - t1) * 1000)
-        if not ranked:
+        d = self.decide(ids[0], scores[0], lambda: self.reranker.features([_shrunk(image)])[0])
+        if not d["order"]:
             return r
-        (best, best_score), runner = ranked[0], (ranked[1] if len(ranked) > 1 else (None, None))
-        r.score = best_score
-        r.runner_up, r.runner_up_score = (runner[0][1], runner[1]) if runner[0] else (None, None)
-        if best_score >= self.threshold:
+        glob, order = dict(d["ranked"]), d["order"]
+        best, runner = order[0], (order[1] if len(order) > 1 else None)
+        r.guess, r.margin, r.rerank_ms, r.patch_ms = f"{best[0]}/{best[1]}", d["margin"], d["rerank_ms"], d["patch_ms"]
+        r.score = glob[best]
+        r.runner_up, r.runner_up_score = (runner[1], glob[runner]) if runner else (None, None)
+        r.distance, r.runner_up_distance = d["dist"].get(best), d["dist"].get(runner)
+        if d["accepted"]:
             c = self.knowledge.find(best[1], best[0])
             r.dataset, r.category = best
             r.text = c.prompt_text(budget=self._budget(c))
             r.chunks = [_chunk(c, e) for e in c.entries]
         return r
+
+    def decide(self, ids, scores, query_patches=None, exclude: int | None = None) -> dict:
+        """The category decision from the global search's (row ids, similarities), leaving out row
+        `exclude` (leave-one-out calibration): global ranking, the re-ranked order of the shortlist
+        (`query_patches`: the query's patch features or a function computing them, only called for an
+        in-domain query), the margin and whether it is accepted."""
+        store = self.image_store
+        per_cat: dict[tuple[str, str], list[float]] = {}
+        for s, i in zip(scores, ids):
+            if i >= 0 and i != exclude:
+                m = store.meta[i]
+                per_cat.setdefault((m["dataset"], m["category"]), []).append(float(s))
+        ranked = rank_votes(per_cat, self.k)
+        out = {"ranked": ranked, "order": [c for c, _ in ranked], "dist": {}, "margin": None, "accepted": False, "rerank_ms": 0.0, "patch_ms": 0.0}
+        if not ranked:
+            return out
+        out["margin"] = ranked[0][1] - (ranked[1][1] if len(ranked) > 1 else 0.0)
+        if ranked[0][1] < self.threshold:  # out of domain: no category is close enough
+            return out
+        if self.reranker is not None and query_patches is not None and len(ranked) > 1:
+            t0 = time.perf_counter()
+            qp = query_patches() if callable(query_patches) else query_patches
+            out["patch_ms"] = (time.perf_counter() - t0) * 1000
+            rows = self._category_rows()
+            short = [c for c, _ in ranked[: self.reranker.shortlist]]
+            keep = [[j for j in rows[c] if j != exclude] for c in short]
+            flat = [j for ks in keep for j in ks]
+            dist_all = self.reranker.distances(qp, self._ensure_ref_patches()[flat])  # one matrix product for the shortlist
+            dist, at = {}, 0
+            for c, ks in zip(short, keep):
+                if ks:
+                    dist[c] = float(dist_all[at:at + len(ks)].min())
+                    at += len(ks)
+            order = sorted(dist, key=dist.get)
+            out["order"] = order + [c for c, _ in ranked if c not in dist]
+            out["dist"] = dist
+            out["margin"] = relative_margin(dist[order[0]], dist[order[1]] if len(order) > 1 else None)
+            out["rerank_ms"] = (time.perf_counter() - t0) * 1000
+        elif self.reranker is not None and len(ranked) == 1:
+            out["margin"] = 1.0  # one category: nothing to confuse it with
+        out["accepted"] = self.margin_threshold is None or out["margin"] >= self.margin_threshold
+        return out
+
+    def _category_rows(self) -> dict:
+        store = self.image_store
+        if self._rows is None or sum(len(v) for v in self._rows.values()) != len(store):
+            rows: dict = {}
+            for i, m in enumerate(store.meta):
+                rows.setdefault((m["dataset"], m["category"]), []).append(i)
+            self._rows = rows
+        return self._rows
+
+    def _ensure_ref_patches(self) -> np.ndarray:
+        """Patch features of every store row (float16), computed from the reference images on first use."""
+        store = self.image_store
+        if self.ref_patches is None or len(self.ref_patches) != len(store):
+            with self._lock:
+                if self.ref_patches is None or len(self.ref_patches) != len(store):
+                    imgs = [_thumb(Path(m["image"])) for m in store.meta]
+                    self.ref_patches = self.reranker.features(imgs).astype(np.float16)
+        return self.ref_patches
 
     def _text(self, question: str, dataset: str | None, category: str | None, top_k: int | None = None) -> Retrieval:
         store = self._ensure_text_store()
@@ -333,8 +438,12 @@ class KnowledgeRetriever:
     # -- identity and persistence -----------------------------------------------------------------------------
     def config(self) -> dict:
         """Identity for run.json; stable across resumes (never depends on what was lazily built yet)."""
-        return {"source": self.source, "categories": len(self.knowledge), "k": self.k, "threshold": self.threshold,
-                "budget": self.budget, "image_encoder": _spec(self._image_encoder_spec)}
+        cfg = {"source": self.source, "categories": len(self.knowledge), "k": self.k, "threshold": self.threshold,
+               "budget": self.budget, "image_encoder": _spec(self._image_encoder_spec)}
+        if self.reranker is not None:  # only then: identities of runs without a re-ranker stay as they were
+            cfg["rerank"] = self.reranker.config()
+            cfg["margin_threshold"] = self.margin_threshold
+        return cfg
 
     def save(self, directory: str | Path, refs_per_category: int | None = None) -> Path:
         d = Path(directory)
@@ -345,6 +454,9 @@ class KnowledgeRetriever:
         if has_refs:
             self._ensure_image_store(refs_per_category).save(d, "image")
             manifest["stores"]["image"] = {"encoder": _spec(self._image_encoder_spec), "identity": self.image_store.identity}
+            if self.reranker is not None:
+                np.save(d / "image_patches.npy", self._ensure_ref_patches(), allow_pickle=False)
+                manifest.update(rerank=self.reranker.config(), margin_threshold=self.margin_threshold, calibration=self.calibration)
         if self.text_store is not None:
             self.text_store.save(d, "text")
             manifest["stores"]["text"] = {"encoder": _spec(self._text_encoder_spec), "identity": self.text_store.identity}
@@ -377,10 +489,25 @@ class KnowledgeRetriever:
                     raise MmadError(f"{d}: the {kind} store was built with {describe(stores[kind].identity)} but "
                                     f"{info['encoder']} now loads as {describe(enc.identity)}; rebuild with `mmad-boost kb build`")
             encoders[kind] = enc
-        opts = {k: manifest[k] for k in ("k", "threshold", "budget", "top_k_chunks", "store_kind") if k in manifest}
+        opts = {k: manifest[k] for k in ("k", "threshold", "budget", "top_k_chunks", "store_kind", "margin_threshold", "calibration") if k in manifest}
+        if manifest.get("rerank") and "image" in stores:
+            opts["rerank"] = manifest["rerank"]
+            opts["ref_patches"] = _load_patches(d / "image_patches.npy", len(stores["image"]))
         opts.update(kw)
         return cls(KnowledgeSet(cats), image_encoder=encoders["image"] or DEFAULT_IMAGE_ENCODER, text_encoder=encoders["text"],
                    image_store=stores.get("image"), text_store=stores.get("text"), source=str(d), **opts)
+
+
+def _load_patches(f: Path, rows: int) -> np.ndarray:
+    try:
+        patches = np.load(f, allow_pickle=False)
+    except FileNotFoundError:
+        raise MmadError(f"{f}: missing from the KB folder (its kb.json asks for re-ranking); rebuild with `mmad-boost kb build`") from None
+    except Exception as e:  # truncated or foreign files
+        raise MmadError(f"{f}: damaged patch features ({str(e).splitlines()[0][:120]}); rebuild with `mmad-boost kb build`") from None
+    if patches.ndim != 3 or len(patches) != rows or patches.dtype != np.float16:
+        raise MmadError(f"{f}: holds {patches.shape} {patches.dtype} patch features for {rows} references; rebuild with `mmad-boost kb build`")
+    return patches
 
 
 def _spec(enc) -> str | None:
