@@ -124,3 +124,54 @@ def test_a_redirect_stops_with_one_line_and_the_key_stays_home(servers, key_env,
     with pytest.raises(MmadError, match="redirect") as e:
         _model(main.url).generate(Prompt(["q"]))
     assert KEY not in str(e.value) and not other.requests and len(main.requests) == 1
+
+
+run_replies = st.one_of(
+    answer_text.map(lambda t: Reply(body=completion(t))),
+    st.sampled_from([
+        Reply(500, body=b"oops"), Reply(429, {"Retry-After": "0"}, b"{}"), Reply(400, body=b'{"error": {"message": "bad"}}'),
+        Reply(body=b"not json"), Reply(body=completion("Answer: B"), content_length=400),
+        Reply(401, body=json.dumps({"error": f"bad key {KEY}"}).encode()), Reply(302, {"Location": "http://127.0.0.1:9/x"}),
+    ]),
+)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture], database=None)
+@given(script=st.lists(run_replies, min_size=1, max_size=8))
+def test_a_run_records_every_question_exactly_once_whatever_the_server_does(shared_fixture_root, servers, key_env, script):
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from mmad_boost.data import Benchmark
+    from mmad_boost.records import read_records
+    from mmad_boost.runner import Runner
+
+    main, _ = servers
+    bench = Benchmark(shared_fixture_root)
+    items = bench.select()[:8]
+    out = Path(tempfile.mkdtemp(prefix="hprop-")) / "run"
+    try:
+        main.script = lambda n, req: script[(n - 1) % len(script)]
+        try:
+            Runner(bench, _model(main.url), out, workers=2, progress=False).run(items)
+            stopped = False
+        except MmadError as e:
+            assert "\n" not in str(e) and KEY not in str(e)
+            stopped = True
+        recs = read_records(out / "records.jsonl")
+        assert len({r["qid"] for r in recs}) == len(recs), "a question recorded twice"
+        assert all((r["error"] is None) == (r["response"] is not None) for r in recs)
+        if not stopped:
+            assert len(recs) == len(items)
+        if out.exists():
+            for f in out.iterdir():
+                assert KEY not in f.read_text(errors="replace"), f
+        answered = {r["qid"]: r for r in recs if not r["error"]}
+        main.script = lambda n, req: Reply(body=completion("Answer: A"))  # the server recovers: a rerun completes the run
+        Runner(bench, _model(main.url), out, workers=2, progress=False).run(items)
+        final = read_records(out / "records.jsonl")
+        assert len(final) == len(items) and len({r["qid"] for r in final}) == len(items)
+        assert all(answered[r["qid"]] == r for r in final if r["qid"] in answered), "answers are kept on resume"
+    finally:
+        shutil.rmtree(out.parent, ignore_errors=True)
