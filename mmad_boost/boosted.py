@@ -68,6 +68,7 @@ class BoostedModel(MLLM):
         save_pictures: bool = True,
         visualization: str | None = None,
         knowledge: str | os.PathLike | None = None,
+        route: Any = None,
     ):
         viz = _renamed("visualization", visualization, "viz", viz, "bbox")
         kb = _renamed("knowledge", knowledge, "kb", kb, None)
@@ -109,6 +110,11 @@ class BoostedModel(MLLM):
         self._guard = threading.Lock()
         self._probe = None  # an unfitted instance of the named expert, to read its needs
         self.last_trace: dict = {}
+        from .routing import Route  # per question type, which boosts apply (routing.py)
+
+        self.route = Route.coerce(route)
+        if self.route is not None:
+            self.route.check_against(self.retriever is not None, bool(self._expert_source), self.evidence)
         self.name = self._make_name()
 
     @property
@@ -123,6 +129,8 @@ class BoostedModel(MLLM):
         if self._expert_source:
             parts.append(f"{self._expert_source}-{self.viz}" + ("-calibrated" if self.calibrated else "")
                          + ("" if self.evidence == "picture" else f"-{self.evidence}"))
+        if getattr(self, "route", None) is not None:
+            parts.append("routed")
         return "+".join(parts)
 
     def config(self) -> dict:
@@ -148,6 +156,8 @@ class BoostedModel(MLLM):
                 cfg["expert"]["evidence"] = self.evidence
             if self._expert_fixed is not None and getattr(self._expert_fixed, "state_id", None):
                 cfg["expert"]["state_id"] = str(self._expert_fixed.state_id)
+        if self.route is not None:  # only when routed: unrouted runs keep their identity
+            cfg["route"] = self.route.to_dict()
         return cfg
 
     def close(self) -> None:
@@ -166,6 +176,11 @@ class BoostedModel(MLLM):
             q = replace(q, trace=dict(q.trace))
             q = self.prepare(q)
             q.prepared = True
+            prompt = build_prompt(q)
+        if self.route is not None:  # leave out what this question type does not get; the trace says which
+            from .routing import apply_choice
+
+            q = apply_choice(q, self.route.choice(q.question_type))
             prompt = build_prompt(q)
         self.last_trace = q.trace
         return self.base.generate(prompt)
@@ -284,10 +299,9 @@ class BoostedModel(MLLM):
             return None
         rel = Path("pictures") / Path(info.key).with_suffix(".png")
         path = Path(info.run_dir) / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{threading.get_ident()}.tmp")
-        image.save(tmp, format="PNG")
-        os.replace(tmp, path)
+        from .atomic import save_image
+
+        save_image(image, path, format="PNG")  # atomic, unique temporary name per writer
         return rel.as_posix()
 
     def _expert_for(self, q: Query, category_hint: tuple | None, timings: dict):
@@ -440,6 +454,7 @@ class BoostedModel(MLLM):
             evidence=getattr(args, "evidence", None) or "picture",
             kb=kb,
             mmad_knowledge=mmad_knowledge,
+            route=getattr(args, "route", None),
         )
 
 

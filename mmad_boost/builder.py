@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import random
 import shutil
 import sys
@@ -160,9 +159,9 @@ def build_benchmark(
             counts[t] = counts.get(t, 0) + n
     _write_files(out, dataset, [c.image for c in checked if c.image.key(dataset) in data] + written_templates, link)
     qfile = out / "mmad.json"
-    tmp = out / ".mmad.json.tmp"
-    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, qfile)
+    from .atomic import write_text
+
+    write_text(qfile, json.dumps(data, indent=1, ensure_ascii=False))
     return BuildSummary(out, qfile, len(data), len(written_templates), counts, sorted({k.split("/")[1] for k in data}), problems.skipped, no_loc)
 
 
@@ -250,7 +249,7 @@ def register_cli(sub) -> None:
     g.add_argument("--link", action="store_true", help="symlink images and masks instead of copying")
     g.add_argument("--copy", action="store_true", help="copy images and masks (default)")
     p.add_argument("--extra-questions", help="JSON or CSV of extra questions keyed by image")
-    p.add_argument("--seed", type=int, default=0, help="seed for option order and random templates")
+    p.add_argument("--seed", type=int, default=0, help="seed for option order and random templates (default 0)")
     p.add_argument("--n-templates", type=int, default=DEFAULT_TEMPLATES, help=f"templates listed per image (default {DEFAULT_TEMPLATES})")
     p.add_argument("--similar-by", default="ssim-hist", choices=["ssim-hist", "embedding"], help="how similar templates are chosen: ssim-hist (MMAD's, default ssim-hist) or embedding (EfficientNet-Lite0)")
     p.add_argument("--skip-bad", action="store_true", help="skip malformed files with a warning instead of stopping")

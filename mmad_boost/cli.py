@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "mmad_boost.experts.cli",
     "mmad_boost.compare",
     "mmad_boost.html_report",
+    "mmad_boost.tune_cli",
 )
 
 
@@ -102,6 +103,8 @@ def _add_eval(sub) -> None:
     p.add_argument("--evidence", choices=["picture", "text", "both"], default=None,
                    help="how the calibrated expert's verdict reaches the prompt: picture, text (score vs threshold, marked regions as "
                         "nine-grid positions and area) or both (default picture; needs --calibrated)")
+    p.add_argument("--route", metavar="FILE", help="route file (TOML, e.g. from `mmad-boost tune`): per question type, which of the boosts "
+                   "given (--rag, --expert) apply; types it does not list get every boost (default: no route, every boost on every question)")
     p.add_argument("--circular", action="store_true", help="CircularEval: also ask each question once per rotation of its options; right "
                    "only if every rotation is right; reported beside MMAD's accuracy, never mixed in (default off; n options cost n calls)")
     p.add_argument("--judge", metavar="SPEC", help="model SPEC (e.g. openai:gpt-4o-mini) that maps a response the parser cannot read to an option "
@@ -143,6 +146,8 @@ def build_model(args):
     from .models import create_model
 
     model = create_model(args.model, **_model_options(args))
+    if getattr(args, "route", None) and not (args.rag or args.expert or args.kb or args.mmad_knowledge):
+        raise MmadError("--route needs the boosts it chooses among: add --rag and/or --expert NAME (the flags the route was tuned with)")
     if args.rag or args.expert or args.kb or args.mmad_knowledge or args.retrieval or args.calibrated or args.viz:
         from .boosted import BoostedModel
 

@@ -100,7 +100,8 @@ class Comparison:
         if paired is not None:
             text += "; deltas: paired intervals (the same resampled images in both runs), * = the interval excludes zero"
             text += "".join(f"; {n}" for n in paired.notes[:1])
-        return text
+        few = first.few_images()
+        return text + (f"; {few}" if few else "")
 
     def csv(self) -> str:
         rows = self.rows()
@@ -182,8 +183,12 @@ class Comparison:
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
         fig.tight_layout()
         if path is not None:
-            fig.savefig(path, dpi=110)
-            plt.close(fig)
+            from .atomic import save_figure
+
+            try:
+                save_figure(fig, path, dpi=110)  # atomic: no 0-byte picture on a full disk
+            finally:
+                plt.close(fig)
         return fig
 
 

@@ -279,6 +279,8 @@ class Benchmark:
             picked = sorted(random.Random(seed).sample(range(len(items)), subset))
             items = [items[i] for i in picked]
         if limit is not None:
+            if limit < 1:
+                raise MmadError(f"--limit {limit}: give a positive number of questions")
             items = stratified(items)[:limit]
         return items
 

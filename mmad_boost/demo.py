@@ -130,7 +130,9 @@ def _report(out: Path, done: dict[str, Path], log) -> str:
         table = "Average row, accuracy %; deltas against plain\n\n" + comparison.markdown()
         plot = out / "comparison.png"
         comparison.plot(plot)
-    (out / "comparison.md").write_text(table + "\n", encoding="utf-8")
+    from .atomic import write_text
+
+    write_text(out / "comparison.md", table + "\n")
     log("\n" + table + "\n")
     log(f"benchmark: {out / 'bench' / 'mmad.json'}")
     log(f"per-run report and heatmap: {out / 'runs'}/<run>/report.md, heatmap.png")

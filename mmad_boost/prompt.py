@@ -53,6 +53,7 @@ class Query:
     info: SampleInfo | None = None
     trace: dict = field(default_factory=dict)
     prepared: bool = False  # per-image work (knowledge, expert picture) already done
+    question_type: str = ""  # MMAD's type of this question (set by the runner); routing chooses boosts by it
 
 
 @dataclass

@@ -276,7 +276,7 @@ class Runner:
         }
         try:
             base = cache.get(sample)
-            query = replace(base, question=q.text, options=options, trace=_copy_trace(base.trace))
+            query = replace(base, question=q.text, options=options, question_type=q.type, trace=_copy_trace(base.trace))
             prompt = build_prompt(query)
         except MmadError:
             raise
@@ -427,9 +427,12 @@ class Runner:
         # every image is decoded in full (PIL decodes without the GIL, so threads help); the first bad one in order is reported
         from concurrent.futures import ThreadPoolExecutor
 
-        with ThreadPoolExecutor(max_workers=4) as pool:
+        pool = ThreadPoolExecutor(max_workers=4)
+        try:
             for _ in pool.map(check_image_file, files):
                 pass
+        finally:  # on the first bad image or Ctrl-C, the queued checks are dropped rather than waited for
+            pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _remove_empty_run(out: Path, records: Path) -> None:

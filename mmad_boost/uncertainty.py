@@ -27,6 +27,7 @@ _KEYS = ("normal", "abnormal") + SUBTASKS[1:]  # what is counted per image: AD s
 _VALID = set("ABCDE")
 _CHUNK = 250  # replicates per matrix product (bounds memory for MMAD-size runs)
 DEFAULTS = {"n_boot": 1000, "confidence": 0.95, "seed": 0}
+MIN_IMAGES = 20  # below this many images in a dataset the percentile interval is a rough guide
 
 
 @dataclass
@@ -39,19 +40,29 @@ class Intervals:
     n_boot: int = 1000
     seed: int = 0
     method: str = "percentile bootstrap over images, stratified by dataset"
+    images: dict[str, int] = field(default_factory=dict)  # images resampled per dataset
 
     def get(self, row: str, column: str) -> tuple[float, float] | None:
         return self.rows.get(row, {}).get(column)
 
     def describe(self) -> str:
-        return f"{round(100 * self.confidence)} % intervals: {self.method} ({self.n_boot} replicates, seed {self.seed})"
+        text = f"{round(100 * self.confidence)} % intervals: {self.method} ({self.n_boot} replicates, seed {self.seed})"
+        few = self.few_images()
+        return text + (f"; {few}" if few else "")
+
+    def few_images(self, minimum: int = MIN_IMAGES) -> str:
+        """A warning when a dataset has so few images that a bootstrap interval is only a rough guide."""
+        small = {ds: n for ds, n in self.images.items() if n < minimum}
+        if not small:
+            return ""
+        return ("few images (" + ", ".join(f"{ds}: {n}" for ds, n in small.items())
+                + f"; under {minimum} per dataset the intervals are rough and tend to be too narrow)")
 
 
 @dataclass
 class DeltaIntervals(Intervals):
-    """Intervals of run B minus run A; `images` is how many images both runs answered (the paired set)."""
+    """Intervals of run B minus run A, on the images both runs answered (`images`: per dataset)."""
 
-    images: int = 0
     paired: bool = True
     notes: list[str] = field(default_factory=list)
 
@@ -189,7 +200,8 @@ def score_intervals(records, *, n_boot: int = 1000, confidence: float = 0.95, se
     (reps,) = _replicates([(c, n)], strata, len(images), len(datasets), n_boot, seed, True)
     lo, hi = _bounds(reps, confidence)
     pts, ivs = _to_rows(names, point, lo, hi)
-    return Intervals(rows=ivs, point=pts, confidence=confidence, n_boot=n_boot, seed=seed)
+    return Intervals(rows=ivs, point=pts, confidence=confidence, n_boot=n_boot, seed=seed,
+                     images={ds: len(strata[i]) for ds, i in datasets.items()})
 
 
 def paired_delta_intervals(records_a, records_b, *, n_boot: int = 1000, confidence: float = 0.95, seed: int = 0, paired: bool = True) -> DeltaIntervals:
@@ -214,7 +226,7 @@ def paired_delta_intervals(records_a, records_b, *, n_boot: int = 1000, confiden
     if not paired:
         method = "unpaired percentile bootstrap over images, stratified by dataset"
     return DeltaIntervals(rows=ivs, point=pts, confidence=confidence, n_boot=n_boot, seed=seed, method=method,
-                          images=len(images), paired=paired, notes=notes)
+                          images={ds: len(strata[i]) for ds, i in datasets.items()}, paired=paired, notes=notes)
 
 
 # -- display -------------------------------------------------------------------

@@ -226,7 +226,12 @@ def experts_notebook() -> nbformat.NotebookNode:
             "        axes[i][j].imshow(r.image); axes[i][j].set_title(style + (\"\" if r.marked else \" (nothing marked)\"), fontsize=7)\n"
             "for ax in axes.flat:\n"
             "    ax.axis(\"off\")\n"
-            "plt.tight_layout(); plt.show()"
+            "plt.tight_layout()\n"
+            "import io\n"
+            "from IPython.display import Image as Picture\n"
+            "buf = io.BytesIO()\n"
+            "fig.savefig(buf, format=\"jpeg\", dpi=80, pil_kwargs={\"quality\": 85}); plt.close(fig)\n"
+            "display(Picture(buf.getvalue()))  # JPEG: photographs stay small in the committed notebook"
         ),
         new_markdown_cell("## False marks on normal images, hits on defective ones"),
         new_code_cell(

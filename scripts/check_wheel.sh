@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The package works wherever it is installed, and the tests need nothing outside the repo.
-#  1. build the wheel, install it (not editable) into a fresh venv that reuses .venv's installed
+#  1. copy the files git knows to a folder with nothing beside it, build the wheel from that copy,
+#     install it (not editable) into a fresh venv that reuses .venv's installed
 #     dependencies (torch & co.) through a .pth line, and from a folder outside the checkout run
 #     the README quickstart, KnowledgeRetriever.default(), `mmad-boost demo --quick` and the full
 #     demo (every row present), and a RAG + calibrated PatchCore eval on the bundled sample;
-#  2. run the quick tests (-m "not slow") on a copy of the checkout with nothing beside it.
+#  2. run the quick tests (-m "not slow") on that copy.
 # Usage: check_wheel.sh [WORKDIR]  (default: a new temporary folder, removed at the end)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -18,8 +19,15 @@ export MMAD_BOOST_CACHE_DIR="$work/cache"  # a fresh cache: nothing computed ear
 step() { echo "[check_wheel $(date +%T) +${SECONDS}s] $*"; }
 fail() { echo "[check_wheel] FAILED: $*" >&2; exit 1; }
 
-step "building the wheel"
-"$py" -m pip wheel -q --no-deps --no-build-isolation -w "$work/dist" "$root" >/dev/null
+# The files git knows (committed or not), copied with nothing beside them: the wheel is built from
+# this copy (no stale build/ of the checkout can leak into it) and the quick tests run on it.
+iso="$work/isolated/mmad-boost"
+mkdir -p "$iso"
+git -C "$root" ls-files -z --cached --others --exclude-standard | (cd "$root" && tar --null --ignore-failed-read -T - -cf - 2>/dev/null) | tar -xf - -C "$iso"
+[ "$(ls -A "$work/isolated")" = "mmad-boost" ] || fail "the copy's parent folder holds more than the copy"
+step "copied the checkout to $iso; building the wheel from it"
+"$py" -m pip wheel -q --no-deps --no-build-isolation -w "$work/dist" "$iso" >/dev/null
+rm -rf "$iso/build" "$iso"/*.egg-info  # what the build left in the copy
 wheel="$(ls "$work"/dist/mmad_boost-*.whl)"
 "$py" - "$wheel" <<'EOF' || fail "the wheel misses shipped files"
 import sys, zipfile
@@ -80,11 +88,7 @@ EOF
 step "eval done"
 cd "$root"
 
-step "quick tests on a copy of the checkout with nothing beside it"
-iso="$work/isolated/mmad-boost"
-mkdir -p "$iso"
-git -C "$root" ls-files -z --cached --others --exclude-standard | (cd "$root" && tar --null --ignore-failed-read -T - -cf - 2>/dev/null) | tar -xf - -C "$iso"
-[ "$(ls -A "$work/isolated")" = "mmad-boost" ] || fail "the copy's parent folder holds more than the copy"
+step "quick tests on the copy of the checkout, with nothing beside it"
 # .venv's editable install points at this checkout: PYTHONPATH puts the copy's package first
 (cd "$iso" && PYTHONPATH="$iso" OMP_NUM_THREADS=1 "$py" -m pytest -q -m "not slow" -p no:cacheprovider) \
   || fail "quick tests on the isolated copy"

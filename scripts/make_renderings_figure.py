@@ -23,7 +23,7 @@ def main() -> int:
     ap.add_argument("--image", default=str(fryum / "Images/Anomaly/000.JPG"), help="defective query image (default: the bundled fryum 000)")
     ap.add_argument("--mask", default=str(fryum / "Masks/Anomaly/000.png"), help="its mask, for the ground-truth row (default: fryum 000's)")
     ap.add_argument("--template", default=str(fryum / "Images/Normal/000.JPG"), help="normal template for patchcore-fewshot (default: fryum normal 000)")
-    ap.add_argument("--expert-dir", default=str(resources.sample_experts() / "visa-fryum"), help="fitted expert folder (default: the shipped visa-fryum)")
+    ap.add_argument("--expert", "--expert-dir", dest="expert_dir", default=str(resources.sample_experts() / "visa-fryum"), help="fitted expert folder (default: the shipped visa-fryum)")
     ap.add_argument("--mode", default="faithful", choices=["faithful", "calibrated"], help="rendering mode (default: faithful)")
     ap.add_argument("--out", default=str(ROOT / "docs/renderings.png"), help="output PNG (default: docs/renderings.png)")
     args = ap.parse_args()

@@ -59,3 +59,11 @@ def python_model_module(tmp_path: Path, name: str, source: str) -> str:
         sys.path.insert(0, str(tmp_path))
     sys.modules.pop(name, None)
     return name
+
+
+PATHOLOGICAL = "Answer" + " " * 20000 + "x" + " word" * 1_000_000  # 5 MB; 16 s per parse before the fix
+
+
+def pathological(images, text) -> str:
+    """A model whose every answer is 5 MB with a 20,000-space run (used by `python:reliability2_support:pathological`)."""
+    return PATHOLOGICAL

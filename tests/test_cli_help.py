@@ -5,6 +5,7 @@ The walk covers every subcommand, including those other modules add through regi
 from __future__ import annotations
 
 import argparse
+import re
 
 import pytest
 
@@ -23,6 +24,14 @@ def _walk(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()):
             yield path, parser, action
 
 
+def _states_default(text: str, default) -> bool:
+    if f"default {default}" in text or f"default: {default}" in text or f"{default} (default" in text:
+        return True
+    if isinstance(default, (int, float)):  # "default 0" states a default of 0.0 too
+        return any(float(m) == float(default) for m in re.findall(r"default:? (-?\d+(?:\.\d+)?)", text))
+    return False
+
+
 def _problems(action: argparse.Action, parser: argparse.ArgumentParser) -> list[str]:
     if action.help == argparse.SUPPRESS:
         return []  # a hidden deprecated alias
@@ -31,8 +40,10 @@ def _problems(action: argparse.Action, parser: argparse.ArgumentParser) -> list[
     text = parser._get_formatter()._expand_help(action)
     out = []
     default = action.default
-    has_default = action.option_strings and default not in (None, False, argparse.SUPPRESS, []) and not action.required
-    if has_default and f"default {default}" not in text and f"default: {default}" not in text and f"{default} (default" not in text:
+    # `is`, not `in`: 0 == False, and a default of 0 must be stated too
+    unset = default is None or default is False or default is argparse.SUPPRESS or default == []
+    has_default = action.option_strings and not unset and not action.required
+    if has_default and not _states_default(text, default):
         out.append(f"help does not state the default {default!r}")
     for choice in action.choices or ():
         if str(choice) not in text:
@@ -58,7 +69,9 @@ def test_the_check_catches_a_missing_help_and_a_missing_default():
     a = p.add_argument("--workers", type=int, default=4)
     b = p.add_argument("--style", default="bbox", choices=["bbox", "mask"], help="drawing style (default bbox)")
     c = p.add_argument("--mode", default="x", help="the mode")
+    d = p.add_argument("--seed", type=int, default=0, help="the seed")
     assert _problems(a, p) == ["no help text"]
+    assert _problems(d, p) == ["help does not state the default 0"]
     assert _problems(b, p) == ["help does not list the choice 'mask'"]
     assert _problems(c, p) == ["help does not state the default 'x'"]
 

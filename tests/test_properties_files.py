@@ -132,6 +132,7 @@ bad_lines = st.one_of(
 )
 
 
+@pytest.mark.slow  # ~7 s: two `score` runs per example
 @fast(30)
 @given(inserts=st.lists(st.tuples(st.integers(0, 200), bad_lines), min_size=1, max_size=4), duplicate=st.booleans(), torn=st.booleans())
 def test_damaged_records_files(finished_run, no_plots, capsys, inserts, duplicate, torn):

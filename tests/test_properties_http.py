@@ -10,7 +10,7 @@ import json
 import time
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, event, given, settings, strategies as st
 
 from http_faults import KEY, Reply, ScriptedServer, completion
 from mmad_boost.errors import MmadError, ModelError
@@ -18,7 +18,7 @@ from mmad_boost.models.openai_api import OpenAIChatModel
 from mmad_boost.prompt import Prompt
 
 TIMEOUT, DEADLINE, RETRIES = 0.4, 0.8, 1
-PROPS = settings(max_examples=45, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture], database=None)
+PROPS = settings(max_examples=35, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture], database=None)
 
 STATUSES = [200, 200, 200, 201, 204, 301, 302, 303, 307, 308, 400, 401, 403, 404, 408, 409, 422, 429, 500, 502, 503, 504, 520]
 
@@ -83,6 +83,7 @@ def _model(url: str) -> OpenAIChatModel:
                            max_retries=RETRIES, backoff=0.01, max_backoff=0.05)
 
 
+@pytest.mark.slow  # ~15 s: many generated replies wait for the deadline on purpose
 @PROPS
 @given(data=st.data())
 def test_any_server_behaviour_ends_in_an_answer_or_a_one_line_error(servers, key_env, data):
@@ -127,16 +128,16 @@ def test_a_redirect_stops_with_one_line_and_the_key_stays_home(servers, key_env,
 
 
 run_replies = st.one_of(
-    answer_text.map(lambda t: Reply(body=completion(t))),
     st.sampled_from([
         Reply(500, body=b"oops"), Reply(429, {"Retry-After": "0"}, b"{}"), Reply(400, body=b'{"error": {"message": "bad"}}'),
         Reply(body=b"not json"), Reply(body=completion("Answer: B"), content_length=400),
         Reply(401, body=json.dumps({"error": f"bad key {KEY}"}).encode()), Reply(302, {"Location": "http://127.0.0.1:9/x"}),
     ]),
+    answer_text.map(lambda t: Reply(body=completion(t))),
 )
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture], database=None)
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture], database=None)
 @given(script=st.lists(run_replies, min_size=1, max_size=8))
 def test_a_run_records_every_question_exactly_once_whatever_the_server_does(shared_fixture_root, servers, key_env, script):
     import shutil
@@ -159,6 +160,7 @@ def test_a_run_records_every_question_exactly_once_whatever_the_server_does(shar
         except MmadError as e:
             assert "\n" not in str(e) and KEY not in str(e)
             stopped = True
+        event("stopped" if stopped else "completed")
         recs = read_records(out / "records.jsonl")
         assert len({r["qid"] for r in recs}) == len(recs), "a question recorded twice"
         assert all((r["error"] is None) == (r["response"] is not None) for r in recs)

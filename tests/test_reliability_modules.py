@@ -135,7 +135,13 @@ def test_pickled_arrays_are_never_executed(tmp_path):
     meta["arrays"] = ["memory"]
     (d / "expert.json").write_text(json.dumps(meta))
     np.save(d / "memory.npy", np.array([_Boom(marker)], dtype=object), allow_pickle=True)
-    with pytest.raises(MmadError, match="memory.npy"):
+    with pytest.raises(MmadError, match="memory"):  # refused by the folder schema (no such array for gt) before any read
+        load_expert(d)
+    assert not marker.exists()
+    meta["kind"], meta["arrays"], meta["config"] = "patchcore", ["memory_bank"], {}
+    (d / "expert.json").write_text(json.dumps(meta))
+    np.save(d / "memory_bank.npy", np.array([_Boom(marker)], dtype=object), allow_pickle=True)
+    with pytest.raises(MmadError, match="memory_bank.npy"):  # an object array: its header is refused, nothing unpickled
         load_expert(d)
     assert not marker.exists()
 

@@ -25,7 +25,7 @@ from mmad_boost.parsing import parse_mmad, parse_strict
 from mmad_boost.prompt import Prompt
 from mmad_boost.records import read_records, run_records
 from mmad_boost.runner import Runner
-from reliability2_support import BAD, GOOD, TEMPLATE, error_line, eval_args, partial_files, python_model_module, qids_once, run_cli
+from reliability2_support import GOOD, TEMPLATE, error_line, eval_args, partial_files, python_model_module, qids_once, run_cli
 
 
 @pytest.fixture
@@ -54,13 +54,14 @@ def test_redirect_is_an_error_and_the_key_stays_home(status, shared_fixture_root
 
 def test_lone_surrogate_from_a_python_model_is_recorded_and_scored(shared_fixture_root, tmp_path, capsys):
     mod = python_model_module(tmp_path, "surrogate_model", "def answer(images, text):\n    return 'Answer: A \\ud800 and \\udfff'\n")
-    args = ["eval", "--data", shared_fixture_root, "--model", f"python:{mod}:answer", "--out", tmp_path / "run", "--no-progress", "--limit", 4]
+    args = ["eval", "--data", shared_fixture_root, "--model", f"python:{mod}:answer", "--out", tmp_path / "run", "--no-progress", "--limit", 4,
+            "--shard", "1/1"]  # a shard skips the plots (seconds each)
     rc, _, err = run_cli(capsys, *args)
     assert rc == 0, err
-    recs = read_records(tmp_path / "run" / "records.jsonl")
+    recs = run_records(tmp_path / "run")
     assert len(recs) == 4 and all(r["gpt_answer"] == "A" and r["response"] == "Answer: A \ufffd and \ufffd" for r in recs)
     assert run_cli(capsys, *args)[0] == 0, "a resume must not crash at the same question"
-    assert len(read_records(tmp_path / "run" / "records.jsonl")) == 4
+    assert len(run_records(tmp_path / "run")) == 4
 
 
 def test_lone_surrogate_from_the_api_is_recorded(shared_fixture_root, tmp_path, key_env):
@@ -257,22 +258,41 @@ def test_preflight_decodes_every_image_fully(case, fixture_root, tmp_path, capsy
     assert not (tmp_path / "run").exists(), "found before anything is written"
 
 
+def _bomb(path: Path) -> Path:
+    """A PNG header claiming 20000 x 20000 pixels (more than twice PIL's limit) in 57 bytes."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", 20000, 20000, 1, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+    return path
+
+
 def test_decompression_bomb_is_one_line(tmp_path):
-    bomb = tmp_path / "bomb.png"
-    Image.new("1", (20000, 20000)).save(bomb)  # 400 Mpx in a few kB: more than twice PIL's limit
     with pytest.raises(MmadError, match="DecompressionBomb"):
-        check_image_file(bomb)
+        check_image_file(_bomb(tmp_path / "bomb.png"))
 
 
 @pytest.mark.slow
 def test_kb_query_on_a_decompression_bomb(tmp_path, capsys):
+    import csv
+    import shutil
+
     from mmad_boost.resources import sample_root
 
+    rows = list(csv.DictReader(open(sample_root() / "split_csv" / "1cls_subset.csv")))
+    data = tmp_path / "data"
+    for cat in ("fryum", "capsules"):  # one reference each, in MMAD's layout
+        src = sample_root() / next(r["image"] for r in rows if r["object"] == cat and r["split"] == "train")
+        (data / "VisA" / cat / "train" / "good").mkdir(parents=True)
+        shutil.copy(src, data / "VisA" / cat / "train" / "good" / src.name)
     kb = tmp_path / "kb"
-    assert run_cli(capsys, "kb", "build", "--data", sample_root(), "--refs-per-category", 1, "--out", kb, "--no-progress")[0] == 0
-    bomb = tmp_path / "bomb.png"
-    Image.new("1", (20000, 20000)).save(bomb)
-    error_line(*run_cli(capsys, "kb", "query", "--kb", kb, bomb)[::2], "bomb.png", "DecompressionBomb")
+    rc, _, err = run_cli(capsys, "kb", "build", "--data", data, "--refs-per-category", 1, "--out", kb, "--no-progress")
+    assert rc == 0, err
+    error_line(*run_cli(capsys, "kb", "query", "--kb", kb, _bomb(tmp_path / "bomb.png"))[::2], "bomb.png", "DecompressionBomb")
 
 
 # -- corrupt run folders -----------------------------------------------------------------------------------------------
@@ -532,3 +552,29 @@ def test_shards_started_together_never_race(same_settings, shared_fixture_root, 
         assert qids_once(recs)
         if same_settings:
             assert len(recs) == len(items)
+
+
+@pytest.mark.slow  # a subprocess, so that a real SIGINT reaches it
+def test_ctrl_c_is_prompt_while_pathological_answers_are_parsed(shared_fixture_root, tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    tests = Path(__file__).parent
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tests), str(tests.parent)]), HF_HUB_OFFLINE="1", MPLBACKEND="Agg")
+    out = tmp_path / "run"
+    argv = ["eval", "--data", shared_fixture_root, "--model", "python:reliability2_support:pathological", "--out", out, "--no-progress", "--workers", "2"]
+    proc = subprocess.Popen([sys.executable, "-m", "mmad_boost.cli", *map(str, argv)], cwd=tests.parent, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    rec = out / "records.jsonl"
+    end = time.monotonic() + 60
+    while (not rec.exists() or rec.read_bytes().count(b"\n") < 2) and proc.poll() is None and time.monotonic() < end:
+        time.sleep(0.01)
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    stopped_in = time.monotonic() - t0
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert stopped_in < 2.0, stopped_in  # promised: within a second (slack for a loaded machine); 16 s per answer before
+    recs = read_records(rec)
+    assert qids_once(recs) and all(r["gpt_answer"] is None and len(r["response"]) == 5_020_007 for r in recs)

@@ -142,7 +142,7 @@ def test_runs_on_different_images_are_paired_on_the_common_ones():
     a, _ = synthetic(rng, n_images=30)
     b = [r for r in a if not r["image"].endswith("0001.png")]
     d = paired_delta_intervals(a, b, n_boot=50)
-    assert d.images == len({r["image"] for r in b})
+    assert sum(d.images.values()) == len({r["image"] for r in b})
     assert d.notes and "both runs answered" in d.notes[0]
 
 
@@ -152,6 +152,7 @@ def test_missing_cells_have_no_interval():
     assert iv.get("D", "Defect Classification") is None
     assert iv.get("D", "Anomaly Detection") == (100.0, 100.0)
     assert score_intervals([], n_boot=10).rows == {}
+    assert "few images (D: 1" in iv.describe()
 
 
 # -- properties over arbitrary record sets (hypothesis) -------------------------------------

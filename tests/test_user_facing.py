@@ -94,6 +94,31 @@ def test_python_model_identity_follows_its_source(tmp_path, monkeypatch):
     assert ident["model_config"]["code"]["code_sha256"] == before
 
 
+def test_a_model_without_room_for_attributes_is_wrapped(tmp_path, monkeypatch):
+    from mmad_boost.models import create_model
+    from mmad_boost.models.base import model_config
+
+    (tmp_path / "user_slots_model.py").write_text(textwrap.dedent('''
+        class Tight:
+            __slots__ = ("letter",)
+
+            def __init__(self, letter="C"):
+                self.letter = letter
+
+            def generate(self, prompt):
+                return "Answer: " + self.letter
+
+            def prepare(self, query):
+                query.trace["tight"] = True
+                return query
+    '''))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    model = create_model("python:user_slots_model:Tight", letter="D")
+    assert model.generate(None) == "Answer: D"
+    assert model_config(model)["code"]["options"] == {"letter": "D"}
+    assert callable(model.prepare) and not hasattr(model, "check_samples")  # hooks pass through, absent ones stay absent
+
+
 def test_python_model_options_are_part_of_the_identity(shared_fixture_root, tmp_path, monkeypatch, capsys):
     name = "user_model_options"
     _write_module(tmp_path, name, "A")
@@ -283,3 +308,28 @@ def test_boosted_model_old_keywords_warn_and_still_work(tmp_path):
         BoostedModel(base, rag=True, knowledge=kb)
     with pytest.raises(MmadError, match="missing-kb"):
         BoostedModel(base, rag=True, kb=kb)
+
+
+def test_comparison_bars_say_na_for_missing_subtasks(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from mmad_boost.compare import compare_runs
+
+    def run_dir(name, qtypes):
+        d = tmp_path / name
+        d.mkdir()
+        lines = []
+        for i, qtype in enumerate(qtypes):
+            for j in range(4):
+                key = f"VisA/fryum/test/{'good' if j < 2 else 'bad'}/{j}.png"
+                lines.append(json.dumps({"qid": f"{key}#{i}", "image": key, "question_type": qtype, "correct_answer": "A",
+                                         "gpt_answer": "A" if j % 2 else "B", "error": None, "options": {"A": "Yes", "B": "No"}}))
+        (d / "records.jsonl").write_text("\n".join(lines) + "\n")
+        return d
+
+    a = run_dir("a", ["Anomaly Detection", "Object Classification"])
+    b = run_dir("b", ["Anomaly Detection"])
+    fig = compare_runs([a, b], n_boot=0).plot()
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert texts.count("n/a") >= 5  # b lacks Obj.Cls; both lack the defect subtasks

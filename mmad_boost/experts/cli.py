@@ -34,6 +34,7 @@ def register_cli(sub) -> None:
     f.add_argument("--margin", type=float, default=1.0, help="image threshold = conformal quantile of the normal scores x margin (default 1.0)")
     f.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="expert option, e.g. size=320 (repeatable; default: none)")
     f.add_argument("--out", required=True, help="expert folder to write")
+    f.add_argument("--no-progress", action="store_true", help="no progress lines while fitting, also none from libraries (default: shown)")
     f.set_defaults(func=cmd_fit)
 
     e = esub.add_parser("eval", help="score the category's test images: AUROC, false-mark and hit rates, ms/image")
@@ -44,6 +45,7 @@ def register_cli(sub) -> None:
     e.add_argument("--viz", default="bbox", choices=STYLE_CHOICES, help="how the map is drawn: bbox, contour, highlight, mask or heatmap (default bbox)")
     e.add_argument("--calibrated", action="store_true", help="render in calibrated mode (default: faithful, as MMAD)")
     e.add_argument("--cache", help="map cache folder (default: maps/ in the cache folder, $MMAD_BOOST_CACHE_DIR or ~/.cache/mmad-boost; keyed by expert state and image)")
+    e.add_argument("--plot", metavar="PNG", help="with --calibrated: also draw the operating curve (hits against false marks per target) into this PNG (default: none)")
     e.add_argument("--false-marks", type=float, metavar="RATE", help="move the thresholds to this target false-mark rate, a fraction in (0, 1), "
                    "from the normal scores stored at fit time (default: the rate the folder was fitted at)")
     e.add_argument("--json", action="store_true", help="print the figures as one JSON object on the last line (with the operating curve and missed defects when --calibrated)")
@@ -89,6 +91,10 @@ class Progress:
         self.stage, self.t0, self.last = None, 0.0, 0.0
 
     def __call__(self, stage: str, done: int, total: int) -> None:
+        from ..progress import enabled
+
+        if not enabled():  # --no-progress
+            return
         now = time.perf_counter()
         if stage != self.stage:
             self.stage, self.t0, self.last = stage, now, 0.0
@@ -250,6 +256,8 @@ def _overlaps(pic, mask) -> bool:
 def cmd_eval(args) -> int:
     from ..data import Benchmark
 
+    if args.plot and not args.calibrated:
+        raise MmadError("--plot draws the calibrated operating curve: add --calibrated")
     expert, meta = _load(args.expert)
     if args.false_marks is not None:
         try:
@@ -283,6 +291,11 @@ def cmd_eval(args) -> int:
         print(f"  missed defects   {len(res['missed'])} (smallest first; area = share of the image):")
         for m in res["missed"]:
             print(f"    {m['image']}  area {100 * m['defect_area']:.3f} %  score {m['score_vs_threshold']}x threshold  ({m['why']})")
+        if args.plot and res["curve"].get("rows"):
+            from .operating import plot_curve
+
+            plot_curve(res["curve"], args.plot, f"{category}: {res['expert']} {res['viz']}")
+            print(f"  curve plot       {args.plot}")
     if args.json:
         print(json.dumps(res))
     return 0

@@ -120,3 +120,38 @@ def curve_lines(curve: dict) -> list[str]:
         star = "  <- calibrated" if r["calibrated_at"] else ""
         out.append(f"    {r['target']:>6g} {r['false_marks']:>5}/{r['normal']:<6} {r['hits']:>4}/{r['defective']:<4} {r['best_fixed_hits']:>6}/{r['defective']:<3}{star}")
     return out
+
+
+def plot_curve(curve: dict, path, title: str = "") -> None:
+    """The operating curve as a PNG: hit rate against false-mark rate, calibrated point ringed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = curve["rows"]
+    fm = [r["false_marks"] / max(1, r["normal"]) for r in rows]
+    fig, ax = plt.subplots(figsize=(4.2, 3.4), dpi=120)
+    ax.plot(fm, [r["hits"] / max(1, r["defective"]) for r in rows], "o-", label="calibrated (training normals)")
+    ax.plot(fm, [r["best_fixed_hits"] / max(1, r["defective"]) for r in rows], "x--", label="best fixed threshold (peeks at test)")
+    own = [r for r in rows if r["calibrated_at"]]
+    if own:
+        r = own[0]
+        ax.plot([r["false_marks"] / max(1, r["normal"])], [r["hits"] / max(1, r["defective"])], "o", ms=12, mfc="none", mec="red",
+                label=f"target {r['target']:g}")
+    for r, x in zip(rows, fm):
+        ax.annotate(f"{r['target']:g}", (x, r["hits"] / max(1, r["defective"])), fontsize=7, xytext=(3, -9), textcoords="offset points")
+    ax.set_xlabel("false marks (share of normal test images)")
+    ax.set_ylabel("hits (share of defective images)")
+    ax.set_xlim(-0.03, 1.03)
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    from pathlib import Path
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)

@@ -331,9 +331,6 @@ class PatchCore(Expert):
         weight = 1.0 - float(np.exp(d[0]) / np.exp(d).sum())
         return float(weight * scores[i])
 
-    def calibrate(self, normal_images, *, margin: float = 1.0, templates=None) -> "PatchCore":
-        return super().calibrate(normal_images, margin=margin, templates=templates)
-
     # -- persistence -----------------------------------------------------------------
     def _state(self) -> dict[str, np.ndarray]:
         return {} if self.bank is None else {"memory_bank": self.bank.astype(np.float16)}

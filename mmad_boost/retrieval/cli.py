@@ -51,6 +51,10 @@ def register_cli(sub) -> None:
     e.add_argument("--json", action="store_true", help="also print the figures as one JSON object on the last line")
     e.set_defaults(func=cmd_eval)
 
+    from ..kb_draft import add_draft_parser  # `kb draft`: knowledge written by a model, for review (kb_draft.py)
+
+    add_draft_parser(kbs)
+
 
 def _knowledge(args):
     from .knowledge import KnowledgeSet, import_mmad_knowledge, load_knowledge

@@ -189,10 +189,12 @@ def load_category_file(path: str | Path) -> CategoryKnowledge:
         raise MmadError(f"{path}: not valid TOML ({e}); see knowledge_base/README.md") from None
     except UnicodeDecodeError:
         raise MmadError(f"{path}: not UTF-8 text; save it as UTF-8") from None
-    known = {"dataset", "category", "normal", "summary", "references", "defect", "title"}
+    known = {"dataset", "category", "normal", "summary", "references", "defect", "title", "draft"}
     extra = sorted(set(d) - known)
     if extra:
         raise MmadError(f"{path}: unknown field(s) {', '.join(extra)}; allowed: {', '.join(sorted(known))}")
+    if "draft" in d and not isinstance(d["draft"], dict):  # provenance of `kb draft` (kb_draft.py); deleted on review
+        raise MmadError(f"{path}: 'draft' must be the [draft] table written by `mmad-boost kb draft` (model, date, images); delete it once the text is reviewed")
     dataset, category = _need_str(path, d, "dataset"), _need_str(path, d, "category")
     entries = [Entry("good", "normal", _need_str(path, d, "normal"))]
     defects = d.get("defect", [])

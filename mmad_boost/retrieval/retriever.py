@@ -20,11 +20,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..atomic import save_npy, write_text
 from ..errors import MmadError
 from .encoders import DEFAULT_IMAGE_ENCODER, DEFAULT_TEXT_ENCODER, Encoder, create_encoder
 from .knowledge import DEFAULT_BUDGET, CategoryKnowledge, KnowledgeSet, import_mmad_knowledge, knowledge_dataset, load_knowledge
 from .references import DEFAULT_REFS, IMAGE_SUFFIXES, bundled_references, disk_cache_load, disk_cache_save, mmad_layout_references, select_references
-from .rerank import PatchReranker, relative_margin
+from .decision import TwoStageDecision, rank_votes  # noqa: F401  (rank_votes: importable from here as before)
+from .rerank import PatchReranker
 from .store import VectorStore, describe, same_encoder
 
 __all__ = ["KnowledgeRetriever", "Retrieval", "MODES", "DEFAULT_THRESHOLD", "IMAGE_SUFFIXES", "mmad_layout_references"]
@@ -91,7 +93,7 @@ def _thumb(path: Path, size: int = 320) -> Image.Image:
     return im
 
 
-class KnowledgeRetriever:
+class KnowledgeRetriever(TwoStageDecision):
     def __init__(
         self,
         knowledge: KnowledgeSet,
@@ -136,6 +138,7 @@ class KnowledgeRetriever:
     def __getstate__(self):  # Ray ships models with cloudpickle: locks cannot travel
         state = dict(self.__dict__)
         state.pop("_lock", None)
+        state.pop("_patches32", None)  # a float32 copy of ref_patches, rebuilt on use
         return state
 
     def __setstate__(self, state):
@@ -338,67 +341,6 @@ class KnowledgeRetriever:
             r.chunks = [_chunk(c, e) for e in c.entries]
         return r
 
-    def decide(self, ids, scores, query_patches=None, exclude: int | None = None) -> dict:
-        """The category decision from the global search's (row ids, similarities), leaving out row
-        `exclude` (leave-one-out calibration): global ranking, the re-ranked order of the shortlist
-        (`query_patches`: the query's patch features or a function computing them, only called for an
-        in-domain query), the margin and whether it is accepted."""
-        store = self.image_store
-        per_cat: dict[tuple[str, str], list[float]] = {}
-        for s, i in zip(scores, ids):
-            if i >= 0 and i != exclude:
-                m = store.meta[i]
-                per_cat.setdefault((m["dataset"], m["category"]), []).append(float(s))
-        ranked = rank_votes(per_cat, self.k)
-        out = {"ranked": ranked, "order": [c for c, _ in ranked], "dist": {}, "margin": None, "accepted": False, "rerank_ms": 0.0, "patch_ms": 0.0}
-        if not ranked:
-            return out
-        out["margin"] = ranked[0][1] - (ranked[1][1] if len(ranked) > 1 else 0.0)
-        if ranked[0][1] < self.threshold:  # out of domain: no category is close enough
-            return out
-        if self.reranker is not None and query_patches is not None and len(ranked) > 1:
-            t0 = time.perf_counter()
-            qp = query_patches() if callable(query_patches) else query_patches
-            out["patch_ms"] = (time.perf_counter() - t0) * 1000
-            rows = self._category_rows()
-            short = [c for c, _ in ranked[: self.reranker.shortlist]]
-            keep = [[j for j in rows[c] if j != exclude] for c in short]
-            flat = [j for ks in keep for j in ks]
-            dist_all = self.reranker.distances(qp, self._ensure_ref_patches()[flat])  # one matrix product for the shortlist
-            dist, at = {}, 0
-            for c, ks in zip(short, keep):
-                if ks:
-                    dist[c] = float(dist_all[at:at + len(ks)].min())
-                    at += len(ks)
-            order = sorted(dist, key=dist.get)
-            out["order"] = order + [c for c, _ in ranked if c not in dist]
-            out["dist"] = dist
-            out["margin"] = relative_margin(dist[order[0]], dist[order[1]] if len(order) > 1 else None)
-            out["rerank_ms"] = (time.perf_counter() - t0) * 1000
-        elif self.reranker is not None and len(ranked) == 1:
-            out["margin"] = 1.0  # one category: nothing to confuse it with
-        out["accepted"] = self.margin_threshold is None or out["margin"] >= self.margin_threshold
-        return out
-
-    def _category_rows(self) -> dict:
-        store = self.image_store
-        if self._rows is None or sum(len(v) for v in self._rows.values()) != len(store):
-            rows: dict = {}
-            for i, m in enumerate(store.meta):
-                rows.setdefault((m["dataset"], m["category"]), []).append(i)
-            self._rows = rows
-        return self._rows
-
-    def _ensure_ref_patches(self) -> np.ndarray:
-        """Patch features of every store row (float16), computed from the reference images on first use."""
-        store = self.image_store
-        if self.ref_patches is None or len(self.ref_patches) != len(store):
-            with self._lock:
-                if self.ref_patches is None or len(self.ref_patches) != len(store):
-                    imgs = [_thumb(Path(m["image"])) for m in store.meta]
-                    self.ref_patches = self.reranker.features(imgs).astype(np.float16)
-        return self.ref_patches
-
     def _text(self, question: str, dataset: str | None, category: str | None, top_k: int | None = None) -> Retrieval:
         store = self._ensure_text_store()
         t0 = time.perf_counter()
@@ -455,13 +397,13 @@ class KnowledgeRetriever:
             self._ensure_image_store(refs_per_category).save(d, "image")
             manifest["stores"]["image"] = {"encoder": _spec(self._image_encoder_spec), "identity": self.image_store.identity}
             if self.reranker is not None:
-                np.save(d / "image_patches.npy", self._ensure_ref_patches(), allow_pickle=False)
+                save_npy(d / "image_patches.npy", self._ensure_ref_patches())
                 manifest.update(rerank=self.reranker.config(), margin_threshold=self.margin_threshold, calibration=self.calibration)
         if self.text_store is not None:
             self.text_store.save(d, "text")
             manifest["stores"]["text"] = {"encoder": _spec(self._text_encoder_spec), "identity": self.text_store.identity}
-        (d / "knowledge.json").write_text(json.dumps([c.to_json() for c in self.knowledge], indent=1, ensure_ascii=False), encoding="utf-8")
-        (d / "kb.json").write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+        write_text(d / "knowledge.json", json.dumps([c.to_json() for c in self.knowledge], indent=1, ensure_ascii=False))
+        write_text(d / "kb.json", json.dumps(manifest, indent=1))  # last: a folder without it is not a KB
         return d
 
     @classmethod
@@ -514,23 +456,6 @@ def _spec(enc) -> str | None:
     if enc is None:
         return None
     return (enc.spec or enc.name) if isinstance(enc, Encoder) else str(enc)
-
-
-def rank_votes(per_cat: dict, k: int) -> list[tuple[tuple[str, str], float]]:
-    """Categories ranked by the votes of the k nearest references (each votes with its similarity).
-
-    A category's score is the mean similarity of its best min(k, its refs) references, so it can be
-    compared with the threshold; categories without a vote among the k nearest rank after the voters.
-    """
-    flat = sorted(((s, cat) for cat, ss in per_cat.items() for s in ss), reverse=True)[:k]
-    votes: dict = {}
-    for s, cat in flat:
-        votes[cat] = votes.get(cat, 0.0) + s
-    def score(cat):
-        ss = sorted(per_cat[cat], reverse=True)[: max(1, min(k, sum(1 for _, c in flat if c == cat)))]
-        return float(np.mean(ss))
-    order = sorted(per_cat, key=lambda c: (-votes.get(c, float("-inf")), -max(per_cat[c])))
-    return [(c, score(c)) for c in order]
 
 
 _DEFAULT: KnowledgeRetriever | None = None

@@ -91,11 +91,13 @@ class VectorStore:
             self._build()
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        _faiss().write_index(self.index, str(d / f"{name}.faiss"))
-        np.save(d / f"{name}.npy", self.vectors())
+        from ..atomic import save_npy, write_bytes, write_text
+
+        write_bytes(d / f"{name}.faiss", _faiss().serialize_index(self.index).tobytes())  # every file atomic
+        save_npy(d / f"{name}.npy", self.vectors())
         info = {"format": FORMAT_VERSION, "identity": self.identity, "kind": self.kind, "nlist": self.nlist,
                 "hnsw_m": self.hnsw_m, "count": len(self.meta), "meta": self.meta}
-        (d / f"{name}.json").write_text(json.dumps(info, indent=1, ensure_ascii=False), encoding="utf-8")
+        write_text(d / f"{name}.json", json.dumps(info, indent=1, ensure_ascii=False))
 
     @classmethod
     def load(cls, directory: str | Path, name: str, expected_identity: dict | None = None) -> "VectorStore":

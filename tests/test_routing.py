@@ -1,0 +1,188 @@
+"""Routing (per question type, which boosts apply), the tuner's dev/test split and its choice rule."""
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from mmad_boost import BoostedModel, MmadError
+from mmad_boost.cli import main
+from mmad_boost.data import Benchmark
+from mmad_boost.models.base import MLLM
+from mmad_boost.records import run_records
+from mmad_boost.routing import Choice, Route, route_toml
+from mmad_boost.runner import Runner
+from mmad_boost.tune import choose_route, split_images
+
+KNOWLEDGE = """dataset = "MVTec"
+category = "{cat}"
+normal = "A round {cat} on a dark background."
+
+[[defect]]
+name = "scratch"
+description = "A bright rectangle on the {cat}."
+"""
+
+
+class Recorder(MLLM):
+    name = "recorder"
+
+    def __init__(self):
+        self.prompts = []
+        self.lock = threading.Lock()
+
+    def generate(self, prompt):
+        with self.lock:
+            self.prompts.append(prompt)
+        return "Answer: A"
+
+
+@pytest.fixture
+def kb(tmp_path):
+    folder = tmp_path / "kb"
+    folder.mkdir()
+    for cat in ("widget", "gadget"):
+        (folder / f"{cat}.toml").write_text(KNOWLEDGE.format(cat=cat), encoding="utf-8")
+    return folder
+
+
+def test_route_file_round_trip_and_lookup(tmp_path):
+    route = Route({"anomaly": Choice(knowledge=False, expert=True), "Object Analysis": Choice(expert=False, templates=False)},
+                  default=Choice(knowledge=True, expert=False))
+    path = tmp_path / "route.toml"
+    path.write_text(route_toml(route, header=["a comment"], tuning={"rule": "x", "Anomaly Detection": {"chosen": "expert", "dev none": 50.0}}))
+    back = Route.load(path)
+    assert back.to_dict() == route.to_dict()
+    assert back.choice("Anomaly Detection") == Choice(knowledge=False, expert=True)
+    assert back.choice("Object Structure") == back.choice("Object Details") == Choice(expert=False, templates=False)  # by subtask
+    assert back.choice("Defect Classification") == back.choice(None) == Choice(knowledge=True, expert=False)  # default
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("[types.\"Anomaly Detection\"]\nknowledge = 1\n", "knowledge: give true or false"),
+    ("[types.\"Anomaly Detection\"]\nexpert = \"pictures\"\n", "expert: give true, false"),
+    ("[types.\"Anomaly Detection\"]\ncolour = true\n", "unknown field(s) colour"),
+    ("[types.\"Not A Type\"]\nexpert = true\n", "unknown question type"),
+    ("[types.anomaly]\nexpert = true\n[types.\"Anomaly Detection\"]\nexpert = false\n", "listed twice"),
+    ("[route]\n", "unknown field(s) route"),
+    ("knowledge = [", "not valid TOML"),
+])
+def test_bad_route_files_name_the_file_and_field(tmp_path, text, needle):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(MmadError) as e:
+        Route.load(path)
+    assert str(path) in str(e.value) and needle in str(e.value)
+
+
+def test_route_must_choose_among_the_models_boosts(kb):
+    with pytest.raises(MmadError, match="turns on knowledge, but the model has no knowledge base"):
+        BoostedModel(Recorder(), expert="gt", route={"anomaly": {"knowledge": True}})
+    with pytest.raises(MmadError, match="prepares its 'picture' only"):
+        BoostedModel(Recorder(), expert="gt", route={"anomaly": {"expert": "text"}})
+    BoostedModel(Recorder(), rag=kb, route={"anomaly": {"knowledge": False}})  # types not listed: every boost given
+
+
+def test_routed_prompts_trace_and_once_per_image(fixture_root, kb, tmp_path):
+    bench = Benchmark(fixture_root)
+    base = Recorder()
+    route = {"anomaly": {"knowledge": False, "expert": True}, "object-class": {"knowledge": True, "expert": False, "templates": False}}
+    model = BoostedModel(base, rag=kb, expert="gt", route=route)
+    prepared = []
+    real = model.prepare
+    model.prepare = lambda q: (prepared.append(q.info.key), real(q))[1]
+    out = tmp_path / "run"
+    items = bench.select()
+    Runner(bench, model, out, progress=False).run(items)
+    assert sorted(prepared) == sorted({s.key for s, _ in items})  # per-image work once per image, whatever the route
+    by_type = {}
+    for p in base.prompts:
+        by_type.setdefault(p.query.question_type, []).append(p)
+    for p in by_type["Anomaly Detection"]:
+        assert "domain knowledge" not in p.text() and len(p.images) == 3  # template, query, expert picture
+    for p in by_type["Object Classification"]:
+        assert "domain knowledge" in p.text() and len(p.images) == 1  # no template, no expert picture
+    recs = run_records(out)
+    for r in recs:
+        tr = r["trace"]["route"]
+        if r["question_type"] == "Anomaly Detection":
+            assert tr["applied"] == ["expert picture", "templates"] and tr["left_out"] == ["knowledge"]
+        elif r["question_type"] == "Object Classification":
+            assert tr["applied"] == ["knowledge"] and tr["left_out"] == ["expert picture", "templates"]
+        else:
+            assert tr["left_out"] == []
+    ident = json.loads((out / "run.json").read_text())["identity"]["model_config"]
+    assert ident["route"]["types"]["Anomaly Detection"] == {"knowledge": False, "expert": True, "templates": True}
+    assert model.name.endswith("+routed")
+
+
+def test_eval_route_flag(fixture_root, kb, tmp_path, capsys):
+    route = tmp_path / "route.toml"
+    route.write_text('[types."Anomaly Detection"]\nexpert = false\n')
+    out = tmp_path / "run"
+    assert main(["eval", "--data", str(fixture_root), "--model", "baseline:random", "--expert", "gt", "--route", str(route), "--no-progress", "--out", str(out)]) == 0
+    for r in run_records(out):
+        assert ("expert picture" in r["trace"]["route"]["applied"]) == (r["question_type"] != "Anomaly Detection")
+    assert main(["eval", "--data", str(fixture_root), "--model", "baseline:random", "--route", str(route), "--no-progress", "--out", str(tmp_path / "x")]) == 2
+    assert "--route needs the boosts" in capsys.readouterr().err
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[types."Anomaly Detection"]\nexpert = "maybe"\n')
+    assert main(["eval", "--data", str(fixture_root), "--model", "baseline:random", "--expert", "gt", "--route", str(bad), "--no-progress", "--out", str(tmp_path / "y")]) == 2
+    assert str(bad) in capsys.readouterr().err
+
+
+class _S:
+    def __init__(self, key):
+        self.key, parts = key, key.split("/")
+        self.dataset, self.category, self.is_normal = parts[0], parts[1], "good" in key
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["A", "B"]), st.sampled_from(["x", "y"]), st.booleans(), st.integers(0, 50)), min_size=1, max_size=60),
+       st.floats(0.05, 0.95), st.integers(0, 10**6))
+def test_split_has_no_image_on_both_sides(specs, fraction, seed):
+    samples = [_S(f"{d}/{c}/test/{'good' if n else 'bad'}/{i:03d}.png") for d, c, n, i in specs]
+    dev, test = split_images(samples, fraction, seed)
+    keys = {s.key for s in samples}
+    assert not set(dev) & set(test) and set(dev) | set(test) == keys and len(dev) + len(test) == len(keys)
+    assert (dev, test) == split_images(list(reversed(samples)), fraction, seed)  # depends on the seed only
+    groups = {}
+    for s in {s.key: s for s in samples}.values():
+        groups.setdefault((s.dataset, s.category, s.is_normal), []).append(s.key)
+    for g in groups.values():  # every group with two images or more is on both sides
+        if len(g) >= 2:
+            assert set(g) & set(dev) and set(g) & set(test)
+
+
+def test_split_refuses_bad_fraction():
+    with pytest.raises(MmadError, match="--dev-fraction 1.0"):
+        split_images([_S("A/x/test/good/0.png")], 1.0, 0)
+
+
+def _records(correct: dict[str, list[bool]], n_images=30):
+    """Records for `n_images` images, one question of each subtask whose correctness is given per image."""
+    recs = []
+    for t, hits in correct.items():
+        for i, hit in enumerate(hits[:n_images]):
+            img = f"VisA/x/test/{'good' if i % 2 else 'bad'}/{i:03d}.png"
+            recs.append({"qid": f"{img}#{t}", "image": img, "question_type": t, "correct_answer": "A", "gpt_answer": "A" if hit else "B"})
+    return recs
+
+
+def test_choice_keeps_a_boost_only_beyond_noise():
+    n = 40
+    none = _records({"Defect Localization": [False] * n, "Object Classification": [i % 2 == 0 for i in range(n)]}, n)
+    # knowledge: localisation unchanged; object classification clearly better
+    know = _records({"Defect Localization": [False] * n, "Object Classification": [True] * n}, n)
+    # expert: localisation clearly better; object classification a little better (one image): noise
+    exp = _records({"Defect Localization": [True] * n, "Object Classification": [i % 2 == 0 or i == 1 for i in range(n)]}, n)
+    both = _records({"Defect Localization": [True] * n, "Object Classification": [True] * n}, n)
+    dev = {(): none, ("knowledge",): know, ("expert",): exp, ("knowledge", "expert"): both}
+    route, evidence = choose_route(dev, ("knowledge", "expert"), n_boot=300, confidence=0.95, seed=0)
+    assert route.choice("Defect Localization") == Choice(knowledge=False, expert=True)
+    assert route.choice("Object Classification") == Choice(knowledge=True, expert=False)
+    assert route.choice("Anomaly Detection") == Choice(knowledge=False, expert=False)  # not on dev: no boost
+    assert evidence["Object Classification"]["chosen"] == "knowledge"
+    assert "within noise" in evidence["Object Classification"]["expert added to knowledge"]
