@@ -214,9 +214,15 @@ def lookalike(work: Path, n_layouts: int, n_train: int, n_test: int, refs: int) 
     global_only = KnowledgeRetriever(reranked.knowledge, image_encoder=reranked.image_encoder, image_store=reranked.image_store,
                                      k=reranked.k, threshold=reranked.threshold, source="global-only")
     queries, ood = _query_images(root), _ood_images()
-    return {"layouts": n_layouts, "references": len(reranked.image_store), "build_s": build_s, "calibration": reranked.calibration,
-            "rerank": reranked.reranker.config(), "global": run_queries(global_only, queries, ood),
-            "reranked": run_queries(reranked, queries, ood)}
+    out = {"layouts": n_layouts, "references": len(reranked.image_store), "build_s": build_s, "calibration": reranked.calibration,
+           "rerank": reranked.reranker.config(), "global": run_queries(global_only, queries, ood),
+           "reranked": run_queries(reranked, queries, ood)}
+    # the same retriever calibrated to accept 5 % leave-one-out mistakes (kb build --max-risk 0.05): a user's choice of risk
+    from mmad_boost.retrieval.calibration import calibrate
+
+    out["calibration_risk_0.05"] = calibrate(reranked, 0.05)
+    out["reranked, max-risk 0.05"] = run_queries(reranked, queries, ood)
+    return out
 
 
 def sample_check() -> dict:
@@ -286,11 +292,12 @@ def _print_lookalike(res: dict) -> None:
     print(f"look-alike boards, {res['layouts']} layouts, {res['references']} references (k-center), build {res['build_s']:.1f} s; "
           f"re-ranker {res['rerank']}; leave-one-out: top-1 {100 * cal['top1']:.1f} % re-ranked, {100 * cal['top1_global']:.1f} % global, "
           f"margin threshold {cal['margin_threshold']:.3f}")
-    print(f"  {'stage':<10} {'top-1':>7} {'unknown':>8} {'answered acc.':>14} {'guess top-1':>12} {'OOD unknown':>12}   ms: encode  search  patches  match  total")
-    for name in ("global", "reranked"):
+    print(f"  margin threshold at --max-risk 0.05: {res['calibration_risk_0.05']['margin_threshold']:.3f}")
+    print(f"  {'stage':<24} {'top-1':>7} {'unknown':>8} {'answered acc.':>14} {'guess top-1':>12} {'OOD unknown':>12}   ms: encode  search  patches  match  total")
+    for name in ("global", "reranked", "reranked, max-risk 0.05"):
         m = res[name]
         acc = "-" if m["accuracy_answered"] is None else f"{100 * m['accuracy_answered']:.1f} %"
-        print(f"  {name:<10} {100 * m['top1']:6.1f} % {100 * m['unknown']:6.1f} % {acc:>14} {100 * m['top1_guess']:10.1f} % {100 * m['ood_unknown']:10.1f} %"
+        print(f"  {name:<24} {100 * m['top1']:6.1f} % {100 * m['unknown']:6.1f} % {acc:>14} {100 * m['top1_guess']:10.1f} % {100 * m['ood_unknown']:10.1f} %"
               f"   {m['encode_ms']:10.1f} {m['search_ms']:7.2f} {m['patch_ms']:8.1f} {m['match_ms']:6.1f} {m['total_ms']:6.1f}", flush=True)
 
 

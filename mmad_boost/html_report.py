@@ -115,9 +115,9 @@ class _Images:
                 im.draft("RGB", (px, px))  # JPEG: decode at reduced size, much faster
                 im = im.convert("RGB")
                 im.thumbnail((px, px))
-                tmp = dst.with_suffix(f".{os.getpid()}.tmp")
-                im.save(tmp, "JPEG", quality=82)
-                os.replace(tmp, dst)
+                from .atomic import save_image
+
+                save_image(im, dst, format="JPEG", quality=82)
             return True
         except Exception as e:  # an unreadable picture must not stop the report
             print(f"warning: {src}: cannot make a thumbnail ({type(e).__name__}: {e})", file=sys.stderr)

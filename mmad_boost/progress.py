@@ -100,15 +100,16 @@ def estimate_s(kind: str, units: int) -> float | None:
 
 
 def _save_rate(kind: str, seconds_per_unit: float) -> None:
+    from .atomic import write_text
+    from .errors import MmadError
+
     try:
         rates = _load_rates()
         rates[kind] = float(f"{seconds_per_unit:.4g}")
         path = _rates_file()
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(rates, indent=1, sort_keys=True), encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError:
+        write_text(path, json.dumps(rates, indent=1, sort_keys=True))
+    except (OSError, MmadError):
         pass  # a read-only cache only costs the next estimate
 
 

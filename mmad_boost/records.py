@@ -50,7 +50,10 @@ def record_problem(obj, required=("qid",)) -> str | None:
         if name not in obj:
             return f"has no {name!r} field"
     for name, kinds in RECORD_FIELDS.items():
-        if name in obj and not isinstance(obj[name], kinds) or (name == "qid" and name in obj and not obj[name]):
+        if name not in obj:
+            continue
+        value = obj[name]
+        if not isinstance(value, kinds) or isinstance(value, bool) and bool not in kinds or (name == "qid" and not value):
             return f"field {name!r} must be {' or '.join('null' if k is type(None) else k.__name__ for k in kinds)}"
     return None
 

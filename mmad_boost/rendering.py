@@ -317,6 +317,8 @@ def _render_calibrated(base: Image.Image, m: np.ndarray, style: str, pixel_thres
     if pixel_threshold is None:
         raise MmadError("calibrated rendering needs the expert's pixel threshold; calibrate the expert (expert fit does) or use faithful mode")
     contours = [] if decision is False else find_contours(m > pixel_threshold, area_filter=True)
+    if not contours and decision:  # judged anomalous, but all above the threshold is under MMAD's area floor:
+        contours = find_contours(m > pixel_threshold, area_filter=False)  # small defects are what it must not hide
     region = _filled(contours, m.shape)
     hi = max(float(m.max()), pixel_threshold)
     colour = np.where(region, np.clip((m - pixel_threshold) / (hi - pixel_threshold + 1e-12), 0, 1), 0).astype(np.float32)

@@ -55,6 +55,9 @@ class CachedModel(MLLM):
         if hasattr(base, "prepare"):
             self.prepare = base.prepare
 
+    def __len__(self) -> int:  # responses known (from the file and from this process)
+        return len(self._known)
+
     def config(self) -> dict:  # the run folder's identity is the wrapped model's: caching changes no answer
         return self._identity
 

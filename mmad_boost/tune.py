@@ -171,7 +171,8 @@ def tune(bench, base, work: str | Path, *, boost_options: dict, boosts: tuple[st
         f"split by seed {seed}; candidates on dev: {', '.join(combo_name(c) for c in cands)}; rule {rule}")
     log(f"tune: at most {planned + len(test_items)} model calls: {planned} for the candidates on dev and none/all-on on test "
         f"(questions already recorded under {split_dir} are not asked again), then at most {len(test_items)} for the tuned routing "
-        "on test (prompts identical to ones already asked are answered from the cache)")
+        f"on test; prompts identical to ones already asked are answered from the cache ({len(cached)} responses in {cached.path}), "
+        "so a rerun or another split costs less")
 
     def run(part: str, name: str, model, its) -> list[dict]:
         folder = split_dir / part / name

@@ -326,6 +326,21 @@ def settings_notebook() -> nbformat.NotebookNode:
 NOTEBOOKS = {"01_rag.ipynb": rag_notebook, "02_experts.ipynb": experts_notebook, "03_settings.ipynb": settings_notebook}
 
 
+def routing_notebook() -> nbformat.NotebookNode:
+    """04_routing: its cells live in make_routing_notebook.py (kept apart to keep this file short)."""
+    import sys
+
+    sys.path.insert(0, str(HERE))
+    try:
+        from make_routing_notebook import routing_notebook as make
+    finally:
+        sys.path.remove(str(HERE))
+    return make()
+
+
+NOTEBOOKS["04_routing.ipynb"] = routing_notebook
+
+
 def execute(names, workdir: Path) -> None:
     """Run the written notebooks top to bottom in `workdir` (one folder for all: the plain run is shared) and keep the outputs."""
     from nbclient import NotebookClient

@@ -69,7 +69,15 @@ for row in plain rag-image patchcore-calibrated rag-image+patchcore-calibrated g
   grep -q "^| $row |" demo.out || fail "demo printed no $row row"
 done
 grep "^| " demo.out
-step "demo: all five rows present"
+"$vpy" - demo_out/runs <<'EOF' || fail "demo rows hold errored answers"
+import sys
+from pathlib import Path
+from mmad_boost.records import run_records
+bad = {d.name: sum(bool(r.get("error")) for r in run_records(d)) for d in sorted(Path(sys.argv[1]).iterdir())}
+bad = {k: v for k, v in bad.items() if v}
+sys.exit(f"errored records per run: {bad}" if bad else 0)
+EOF
+step "demo: all five rows present, no errored answers"
 
 step "mmad-boost eval --rag --retrieval image --expert patchcore --calibrated on the bundled sample"
 bench="$("$vpy" -m mmad_boost.sample benchmark)"

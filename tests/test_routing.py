@@ -186,3 +186,49 @@ def test_choice_keeps_a_boost_only_beyond_noise():
     assert route.choice("Anomaly Detection") == Choice(knowledge=False, expert=False)  # not on dev: no boost
     assert evidence["Object Classification"]["chosen"] == "knowledge"
     assert "within noise" in evidence["Object Classification"]["expert added to knowledge"]
+
+
+def test_tune_cli_splits_chooses_on_dev_reports_on_test_and_reuses_answers(fixture_root, kb, tmp_path, capsys):
+    route = tmp_path / "route.toml"
+    args = ["tune", "--data", str(fixture_root), "--model", "baseline:random", "--kb", str(kb), "--expert", "gt",
+            "--dev-fraction", "0.5", "--seed", "3", "--n-boot", "200", "--no-progress", "--out", str(route)]
+    assert main(args) == 0
+    cap = capsys.readouterr()
+    assert "at most" in cap.err and "model calls" in cap.err  # said before anything is asked
+    assert cap.err.index("at most") < cap.err.index("made ")
+    assert "tuned - all-on" in cap.out and ("within noise" in cap.out or "beyond noise" in cap.out)
+    work = tmp_path / "route_runs"
+    result = json.loads((work / "tune.json").read_text())
+    dev, test = set(result["dev_images"]), set(result["test_images"])
+    assert dev and test and not dev & test  # no image on both sides
+    bench = Benchmark(fixture_root)
+    assert dev | test == {s.key for s in bench.samples}
+    for name, folder in result["runs"]["dev"].items():  # candidates saw dev images only; the reports test images only
+        assert {r["image"] for r in run_records(folder)} <= dev
+    for name, folder in result["runs"]["test"].items():
+        assert {r["image"] for r in run_records(folder)} == test
+    loaded = Route.load(route)  # the route file reads back, with its evidence kept for people
+    assert set(loaded.types) == {"Anomaly Detection", "Object Classification", "Defect Classification", "Defect Localization"}
+    assert "rule" in (route.read_text())
+    # the tuned test run is a real routed run: its trace says what was applied per type
+    tuned = run_records(result["runs"]["test"]["tuned"])
+    for r in tuned:
+        ch = loaded.choice(r["question_type"])
+        assert ("knowledge" in r["trace"]["route"]["applied"]) == ch.knowledge
+        assert ("expert picture" in r["trace"]["route"]["applied"]) == bool(ch.expert)
+    # a rerun asks the model nothing: run folders resume, identical prompts come from the cache
+    assert main(args) == 0
+    assert "made 0 model calls" in capsys.readouterr().err
+    # the route works with eval and the boosts it was tuned with
+    assert main(["eval", "--data", str(fixture_root), "--model", "baseline:random", "--rag", "--kb", str(kb), "--expert", "gt",
+                 "--route", str(route), "--no-progress", "--out", str(tmp_path / "routed")]) == 0
+
+
+def test_tune_refuses_bad_input(fixture_root, tmp_path, capsys):
+    base = ["tune", "--data", str(fixture_root), "--model", "baseline:random", "--expert", "gt", "--no-progress"]
+    assert main(base + ["--dev-fraction", "1.5", "--out", str(tmp_path / "r.toml")]) == 2
+    assert "--dev-fraction 1.5" in capsys.readouterr().err
+    assert main(base + ["--out", str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err
+    assert main(base + ["--no-rag", "--expert", "none", "--out", str(tmp_path / "r.toml")]) == 2
+    assert "nothing to choose" in capsys.readouterr().err
