@@ -97,7 +97,7 @@ def choose_route(dev: dict[tuple, list], boosts: tuple[str, ...], *, n_boot: int
             continue
         allowed = _allowed(list(dev), boosts, deltas, st, rule)
         sign = -1 if rule == "beyond-noise" else 1  # ties go to the rule's reference: none, or all boosts
-        best = max(allowed, key=lambda c: ((score[c].get(st) or float("-inf")), sign * len(c)))
+        best = max(allowed, key=lambda c: (float("-inf") if score[c].get(st) is None else score[c][st], sign * len(c)))
         types[st] = Choice(knowledge="knowledge" in best, expert="expert" in best)
         ev = {"chosen": combo_name(best)}
         ev.update({f"dev {combo_name(c)}": round(score[c][st], 2) for c in dev if score[c].get(st) is not None})
@@ -127,7 +127,7 @@ def _route_id(route: Route) -> str:
 
 
 def tune(bench, base, work: str | Path, *, boost_options: dict, boosts: tuple[str, ...], dev_fraction: float = 0.3, seed: int = 0,
-         shuffle_seed: int = 0, rule: str = "beyond-noise", setting: str = "1-shot", n_boot: int = 1000, confidence: float = 0.95,
+         shuffle_seed: int = 0, rule: str = "beyond-noise", setting: str = "1-shot", n_boot: int = 1000, confidence: float = 0.95, workers: int = 1,
          progress: bool = True, model_spec: str = "model", log=print) -> dict:
     """Tune on dev, report on test. `base`: the model (wrapped here in a response cache); `boost_options`:
     BoostedModel keywords for the boosts (rag/kb/retrieval, expert/viz/calibrated/evidence); `seed` splits the
@@ -176,7 +176,7 @@ def tune(bench, base, work: str | Path, *, boost_options: dict, boosts: tuple[st
 
     def run(part: str, name: str, model, its) -> list[dict]:
         folder = split_dir / part / name
-        s = Runner(bench, model, folder, setting=setting, seed=shuffle_seed, progress=progress, model_spec=f"{model_spec} ({name})").run(its)
+        s = Runner(bench, model, folder, setting=setting, seed=shuffle_seed, workers=workers, progress=progress, model_spec=f"{model_spec} ({name})").run(its)
         if s.interrupted:
             raise KeyboardInterrupt
         if s.errors:

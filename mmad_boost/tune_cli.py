@@ -37,6 +37,7 @@ def register_cli(sub) -> None:
     p.add_argument("--viz", default="bbox", choices=["bbox", "contour", "highlight", "mask", "heatmap"], help="how the expert's map is drawn: bbox, contour, highlight, mask or heatmap (default bbox)")
     p.add_argument("--calibrated", action="store_true", help="calibrated expert: draws nothing on images it judges normal (default: faithful, as MMAD)")
     p.add_argument("--evidence", choices=["picture", "text", "both"], default="picture", help="how the calibrated expert's verdict reaches the prompt: picture, text or both (default picture; text and both need --calibrated)")
+    p.add_argument("--workers", type=int, default=1, help="threads asking the model at once, for I/O-bound models (default 1)")
     p.add_argument("--confidence", type=float, default=0.95, help="confidence of the paired bootstrap intervals, between 0 and 1 (default 0.95)")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates per interval (default 1000)")
     p.add_argument("--work", help="folder for the candidates' run folders, the response cache and report.md / tune.json (default: OUT's name without .toml, plus _runs, next to OUT); rerunning resumes")
@@ -86,6 +87,8 @@ def cmd_tune(args) -> int:
 
     if not 0 < args.confidence < 1:
         raise MmadError(f"--confidence {args.confidence}: give a value between 0 and 1, e.g. 0.95")
+    if args.workers < 1:
+        raise MmadError(f"--workers {args.workers}: give at least 1")
     if args.n_boot < 100:
         raise MmadError(f"--n-boot {args.n_boot}: give at least 100 replicates")
     out = Path(args.out)
@@ -100,7 +103,7 @@ def cmd_tune(args) -> int:
     base = create_model(args.model, **opts)
     try:
         result = tune(bench, base, work, boost_options=options, boosts=boosts, dev_fraction=args.dev_fraction, seed=args.seed,
-                      shuffle_seed=args.shuffle_seed, rule=args.rule,
+                      shuffle_seed=args.shuffle_seed, rule=args.rule, workers=args.workers,
                       setting=args.setting, n_boot=args.n_boot, confidence=args.confidence, progress=not args.no_progress,
                       model_spec=args.model, log=lambda m: print(m, file=sys.stderr))
     finally:

@@ -70,6 +70,16 @@ def test_fit_eval_calibrated_marks_fewer_normals_and_render(tmp_path, capsys, mo
     assert calibrated["image_auroc"] == pytest.approx(faithful["image_auroc"])
     assert calibrated["false_mark_rate"] < faithful["false_mark_rate"]
     assert calibrated["hit_rate"] >= 0.5
+    # the operating curve from the stored normal scores, its own target among the rows, and the misses
+    rows = calibrated["curve"]["rows"]
+    own = [r for r in rows if r["calibrated_at"]]
+    assert len(own) == 1 and own[0]["target"] == calibrated["false_mark_target"] == 0.1
+    assert own[0]["false_marks"] == round(calibrated["false_mark_rate"] * 5) and own[0]["hits"] == round(calibrated["hit_rate"] * 15)
+    assert [r["image_threshold"] for r in rows] == sorted((r["image_threshold"] for r in rows), reverse=True)  # looser target, lower threshold
+    assert len(calibrated["missed"]) == 15 - own[0]["hits"] and all(0 < m["defect_area"] < 1 for m in calibrated["missed"])
+    plot = tmp_path / "curve.png"
+    assert main(["expert", "eval", "--expert", str(exp), "--data", str(root), "--calibrated", "--false-marks", "0.3", "--plot", str(plot)]) == 0
+    assert "<- calibrated" in capsys.readouterr().out and Image.open(plot).size[0] > 100
 
     bad = next((root / "VisA/fryum/test/bad").iterdir())
     out = tmp_path / "pics"

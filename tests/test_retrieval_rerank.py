@@ -177,3 +177,33 @@ def test_one_shot_plus_templates_from_train_good_when_the_file_has_none(tmp_path
         setting.templates(sample)  # without the benchmark: the file's own templates only, as before
     with pytest.raises(MmadError, match="holds 4 normal images, 5 needed"):
         parse_setting("k-shot:5").__class__("5-shot+", shots=5, similar=True).templates(sample, bench)
+
+
+class _FirstOption:
+    name = "first-option"
+
+    def generate(self, prompt):
+        assert len(prompt.query.templates) == 1  # the ranked template reached the model
+        return f"Answer: {sorted(prompt.query.options)[0]}"
+
+
+def test_runner_ranks_one_shot_plus_templates_for_a_file_without_them(fixture_root, tmp_path):
+    from mmad_boost.data import Benchmark
+    from mmad_boost.records import read_records
+    from mmad_boost.runner import Runner
+    from mmad_boost.settings import parse_setting
+
+    qfile = fixture_root / "mmad.json"
+    data = json.loads(qfile.read_text())
+    for v in data.values():
+        v["similar_templates"] = []
+    qfile.write_text(json.dumps(data))
+    bench = Benchmark(fixture_root)
+    out = tmp_path / "run"
+    Runner(bench, _FirstOption(), out, setting=parse_setting("1-shot+"), progress=False).run(bench.select())
+    recs = read_records(out / "records.jsonl")
+    assert recs and all(not r["error"] for r in recs)
+    for r in recs:
+        ds, cat = r["image"].split("/")[:2]
+        (t,) = r["trace"]["templates"]
+        assert t.startswith(f"{ds}/{cat}/train/good/")  # a normal image of the sample's own category

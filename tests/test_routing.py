@@ -232,3 +232,54 @@ def test_tune_refuses_bad_input(fixture_root, tmp_path, capsys):
     assert "is a folder" in capsys.readouterr().err
     assert main(base + ["--no-rag", "--expert", "none", "--out", str(tmp_path / "r.toml")]) == 2
     assert "nothing to choose" in capsys.readouterr().err
+
+
+_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=12)
+                       | st.sampled_from(["picture", "text", "both", "anomaly", "Anomaly Detection", "Object Analysis"]),
+                       lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+                           st.sampled_from(["knowledge", "expert", "templates", "types", "default", "tuning", "anomaly", "x"]) | st.text(max_size=8),
+                           inner, max_size=4), max_leaves=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(["types", "default", "tuning", "other"]), _values, max_size=3))
+def test_any_route_content_loads_or_fails_with_a_one_line_error(d):
+    try:
+        route = Route.from_dict(d, where="r.toml")
+    except MmadError as e:
+        assert str(e).startswith("r.toml") and "\n" not in str(e)
+        return
+    for name, ch in route.choices():  # what loaded is well-formed
+        assert isinstance(ch.knowledge, bool) and isinstance(ch.templates, bool) and ch.expert in (True, False, "picture", "text", "both")
+
+
+def test_response_cache_keys_on_everything_the_model_sees(tmp_path):
+    from PIL import Image
+
+    from mmad_boost.prompt import Prompt
+    from mmad_boost.response_cache import CachedModel
+
+    class Counting(MLLM):
+        name = "counting"
+
+        def __init__(self):
+            self.n = 0
+
+        def generate(self, prompt):
+            self.n += 1
+            return f"Answer: {'AB'[self.n % 2]}"
+
+    base = Counting()
+    path = tmp_path / "responses.jsonl"
+    model = CachedModel(base, path)
+    red, blue = Image.new("RGB", (8, 8), (255, 0, 0)), Image.new("RGB", (8, 8), (0, 0, 255))
+    first = model.generate(Prompt([red, "Q?"]))
+    assert model.generate(Prompt([red.copy(), "Q?"])) == first and base.n == 1  # same pixels, same text: asked once
+    model.generate(Prompt([blue, "Q?"]))
+    model.generate(Prompt([red, "Q!"]))
+    model.generate(Prompt([red, "Q?"], system="other"))
+    assert base.n == 4 and (model.calls, model.hits) == (4, 1)
+    with open(path, "a", encoding="utf-8") as f:  # a torn or damaged line is skipped, never fatal
+        f.write('{"key": 1}\nnot json\n{"key": "abc", "resp')
+    again = CachedModel(Counting(), path)
+    assert again.generate(Prompt([red, "Q?"])) == first and again.base.n == 0 and len(again) == 4
