@@ -81,14 +81,20 @@ def say(message: str) -> None:
     tqdm.write(message, file=sys.stderr)
 
 
-def _rates_file() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "mmad-boost" / "step-rates.json"
+def _rates_file() -> Path | None:
+    """Past seconds per unit of each step kind; None when caches are off (MMAD_BOOST_CACHE_DIR=0)."""
+    from .resources import cache_dir
+
+    d = cache_dir("progress")
+    return d / "step-rates.json" if d else None
 
 
 def _load_rates() -> dict:
     try:
-        data = json.loads(_rates_file().read_text(encoding="utf-8"))
+        path = _rates_file()
+        if path is None:
+            return {}
+        data = json.loads(path.read_text(encoding="utf-8"))
         return data if isinstance(data, dict) else {}
     except (OSError, ValueError):
         return {}  # no or unreadable history: no estimate, never an error
@@ -104,9 +110,11 @@ def _save_rate(kind: str, seconds_per_unit: float) -> None:
     from .errors import MmadError
 
     try:
+        path = _rates_file()
+        if path is None:
+            return
         rates = _load_rates()
         rates[kind] = float(f"{seconds_per_unit:.4g}")
-        path = _rates_file()
         path.parent.mkdir(parents=True, exist_ok=True)
         write_text(path, json.dumps(rates, indent=1, sort_keys=True))
     except (OSError, MmadError):

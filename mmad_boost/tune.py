@@ -23,7 +23,6 @@ import hashlib
 import itertools
 import json
 import random
-import sys
 from pathlib import Path
 
 from .errors import MmadError

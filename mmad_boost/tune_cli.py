@@ -1,7 +1,6 @@
 """The `mmad-boost tune` subcommand (the work is in tune.py)."""
 from __future__ import annotations
 
-import json
 import shlex
 import sys
 from datetime import date
