@@ -9,7 +9,6 @@ cache folder), and says how long it took.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import threading
 import time

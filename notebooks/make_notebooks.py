@@ -361,14 +361,19 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--execute", action="store_true", help="also execute the notebooks on the bundled sample and keep their outputs (default off)")
     ap.add_argument("--workdir", help="folder the notebooks run in when executing (default: a new temporary folder)")
+    ap.add_argument("names", nargs="*", metavar="NAME", help=f"notebooks to write (and execute), from {', '.join(NOTEBOOKS)} (default: all)")
     args = ap.parse_args(argv)
-    for name, make in NOTEBOOKS.items():
-        nbformat.write(make(), HERE / name)
+    unknown = [n for n in args.names if n not in NOTEBOOKS]
+    if unknown:
+        ap.error(f"unknown notebook {', '.join(unknown)}; choose from {', '.join(NOTEBOOKS)}")
+    names = args.names or list(NOTEBOOKS)
+    for name in names:  # only these are rewritten: the others keep their outputs
+        nbformat.write(NOTEBOOKS[name](), HERE / name)
         print(f"wrote {HERE / name}")
     if args.execute:
         workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="mmad-notebooks-"))
         workdir.mkdir(parents=True, exist_ok=True)
-        execute(list(NOTEBOOKS), workdir)
+        execute(names, workdir)
 
 
 if __name__ == "__main__":
