@@ -15,11 +15,14 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-_state = {"enabled": True}
+# quiet() may overlap (nested, or Runner.run in several threads): a depth count, so the last one
+# out restores, instead of each restoring what it saw on entry (which could leave output off)
+_lock = threading.Lock()
+_state = {"quiet": 0, "restore": None}
 
 
 def enabled() -> bool:
-    return _state["enabled"]
+    return _state["quiet"] == 0
 
 
 @contextmanager
@@ -28,8 +31,21 @@ def quiet(on: bool = True):
     if not on:
         yield
         return
-    prev = _state["enabled"]
-    _state["enabled"] = False
+    with _lock:
+        _state["quiet"] += 1
+        if _state["quiet"] == 1:
+            _state["restore"] = _silence_libraries()
+    try:
+        yield
+    finally:
+        with _lock:
+            _state["quiet"] -= 1
+            if _state["quiet"] == 0:
+                _state["restore"]()
+
+
+def _silence_libraries():
+    """Turn the libraries' bars off; returns what turns them back on as they were."""
     # transformers asks huggingface_hub's switch when it is imported; a transformers already
     # imported is switched directly (importing it here would cost seconds)
     try:
@@ -43,15 +59,15 @@ def quiet(on: bool = True):
     t_was_on = tlog is None or tlog.is_progress_bar_enabled()
     if tlog is not None:
         tlog.disable_progress_bar()
-    try:
-        yield
-    finally:
-        _state["enabled"] = prev
+
+    def restore():
         if hub_was_on:
             hub.enable_progress_bars()
         tlog = sys.modules.get("transformers.utils.logging")
         if tlog is not None and t_was_on:
             tlog.enable_progress_bar()
+
+    return restore
 
 
 def bar(total: int, desc: str, unit: str = "it", *, enabled_here: bool = True):

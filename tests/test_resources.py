@@ -97,7 +97,7 @@ def test_sample_benchmark_built_once_into_the_cache(monkeypatch, tmp_path):
 
 
 CHECKED = ("mmad_boost", "tests", "benchmarks", "scripts", "notebooks", ".ci")
-# what a clone without ../shared cannot have: a path to the development data beside the checkout
+# what no user's clone can have: a path to the development data in a folder beside the checkout
 REACHES_OUT = re.compile(r"\.\./shared|parents?\s*(\[\d\])?\s*/\s*[\"']shared[\"']|[\"']shared[\"']\s*/\s*[\"']data")
 
 
