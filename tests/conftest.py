@@ -46,3 +46,14 @@ def shared_fixture_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("shared") / "data"
     make_fixture(root)
     return root
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread for a module: on a small shared CI box more threads thrash instead of helping."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

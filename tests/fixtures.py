@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import json
 import random
+import threading
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from mmad_boost.models.base import MLLM
 
 CATS = {"widget": (200, 120, 40), "gadget": (60, 140, 200)}
 GRID = ["top left", "top", "top right", "left", "center", "right", "bottom left", "bottom", "bottom right"]
@@ -72,3 +75,18 @@ def write_image(path: Path, seed: int = 0, size=(64, 48)) -> Path:
     rng = np.random.default_rng(seed)
     Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(path)
     return path
+
+
+class Recorder(MLLM):
+    """A base model that keeps every prompt it receives and answers the first option."""
+
+    name = "recorder"
+
+    def __init__(self):
+        self.prompts = []
+        self.lock = threading.Lock()
+
+    def generate(self, prompt):
+        with self.lock:
+            self.prompts.append(prompt)
+        return "Answer: A"

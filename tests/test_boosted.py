@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,25 +13,12 @@ from mmad_boost import BoostedModel, MmadError
 from mmad_boost.cli import main
 from mmad_boost.compare import changed_answers, compare_runs
 from mmad_boost.data import Benchmark
-from mmad_boost.models.base import MLLM
 from mmad_boost.runner import Runner
 from mmad_boost.scoring import score_records
 from mmad_boost.records import run_records
+from fixtures import Recorder
 
 
-class Recorder(MLLM):
-    """A base model that keeps every prompt it receives and answers the first option."""
-
-    name = "recorder"
-
-    def __init__(self):
-        self.prompts = []
-        self.lock = threading.Lock()
-
-    def generate(self, prompt):
-        with self.lock:
-            self.prompts.append(prompt)
-        return "Answer: A"
 
 
 @dataclass

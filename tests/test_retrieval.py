@@ -19,15 +19,7 @@ CATS = ("fryum", "capsules")
 N_REFS, N_GOOD, N_BAD = 3, 2, 3
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    # The CI box is small and shared: several intra-op threads per process thrash instead of helping.
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _copy(src, dst, size=256):

@@ -20,14 +20,7 @@ from mmad_boost.retrieval.rerank import MIN_MARGIN, PatchReranker, calibrate_mar
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _photo(cat: str, i: int = 0, kind: str = "Normal") -> Image.Image:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import threading
 
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -12,6 +11,7 @@ from mmad_boost.cli import main
 from mmad_boost.data import Benchmark
 from mmad_boost.models.base import MLLM
 from mmad_boost.records import run_records
+from fixtures import Recorder
 from mmad_boost.routing import Choice, Route, route_toml
 from mmad_boost.runner import Runner
 from mmad_boost.tune import choose_route, split_images
@@ -26,17 +26,6 @@ description = "A bright rectangle on the {cat}."
 """
 
 
-class Recorder(MLLM):
-    name = "recorder"
-
-    def __init__(self):
-        self.prompts = []
-        self.lock = threading.Lock()
-
-    def generate(self, prompt):
-        with self.lock:
-            self.prompts.append(prompt)
-        return "Answer: A"
 
 
 @pytest.fixture

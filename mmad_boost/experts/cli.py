@@ -242,15 +242,11 @@ def _overlaps(pic, mask) -> bool:
     import numpy as np
     from PIL import Image
 
+    from .operating import marked_area
+
     w, h = pic.image.size
     truth = np.asarray(Image.fromarray(np.asarray(mask, bool).astype(np.uint8) * 255).resize((w, h), Image.NEAREST)) > 0
-    if pic.boxes:
-        marks = np.zeros((h, w), bool)
-        for x0, y0, x1, y1 in pic.boxes:
-            marks[y0:y1 + 1, x0:x1 + 1] = True
-    else:
-        marks = pic.region if pic.region is not None else np.zeros((h, w), bool)
-    return bool((marks & truth).any())
+    return bool((marked_area(pic, (h, w)) & truth).any())
 
 
 def cmd_eval(args) -> int:

@@ -49,14 +49,17 @@ def _marks(item: Scored, viz: str, image_t: float, pixel_t: float) -> tuple[bool
         return False, False
     if item.mask is None:
         return True, False
-    h, w = item.mask.shape
-    if pic.boxes:
-        region = np.zeros((h, w), bool)
-        for x0, y0, x1, y1 in pic.boxes:
-            region[y0:y1 + 1, x0:x1 + 1] = True
-    else:
-        region = pic.region if pic.region is not None else np.zeros((h, w), bool)
-    return True, bool((region & item.mask).any())
+    return True, bool((marked_area(pic, item.mask.shape) & item.mask).any())
+
+
+def marked_area(pic, shape: tuple[int, int]) -> np.ndarray:
+    """The pixels a picture marks: its boxes filled for bbox, its region otherwise."""
+    if not pic.boxes:
+        return pic.region if pic.region is not None else np.zeros(shape, bool)
+    area = np.zeros(shape, bool)
+    for x0, y0, x1, y1 in pic.boxes:
+        area[y0:y1 + 1, x0:x1 + 1] = True
+    return area
 
 
 def counts(items: list[Scored], viz: str, image_t: float, pixel_t: float) -> tuple[int, int, list[Scored]]:
