@@ -133,7 +133,7 @@ def run_guarded(cmd: list[str], max_rss_gb: float) -> dict | None:
         proc = subprocess.Popen(cmd, stdout=out, stderr=err, cwd=ROOT, text=True, env=env)
         while proc.poll() is None:
             try:
-                rss_kb = int(next(l for l in open(f"/proc/{proc.pid}/status") if l.startswith("VmRSS")).split()[1])
+                rss_kb = int(next(ln for ln in open(f"/proc/{proc.pid}/status") if ln.startswith("VmRSS")).split()[1])
             except (OSError, StopIteration):
                 rss_kb = 0
             if rss_kb > max_rss_gb * 1024 * 1024:

@@ -10,4 +10,5 @@ if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
 fi
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 MPLBACKEND=Agg
 cd "$root"
+"$root/.venv/bin/ruff" check --quiet "$root"  # lint first: configured in pyproject.toml
 exec "$root/.venv/bin/python" -m pytest "$@"

@@ -106,7 +106,9 @@ def test_anomaly_detection_and_localisation_from_templates(baseline):
     normal, defective = _blob(), _blob(defect=(84, 84, 104, 100))
     assert not baseline.is_anomalous(normal, templates)[0]
     assert baseline.is_anomalous(defective, templates)[0]
-    ask = lambda image, question, options: baseline.generate(build_prompt(Query(question=question, options=options, image=image, templates=templates)))
+    def ask(image, question, options):
+        return baseline.generate(build_prompt(Query(question=question, options=options, image=image, templates=templates)))
+
     assert ask(defective, "Is there any defect in the object?", {"A": "No", "B": "Yes"}) == "Answer: B"
     assert ask(normal, "Is there any defect in the object?", {"A": "No", "B": "Yes"}) == "Answer: A"
     where = {"A": "top left", "B": "bottom right", "C": "top", "D": "left"}
@@ -137,7 +139,9 @@ def test_knowledge_changes_defect_and_object_answers(baseline):
     image = _blob((40, 180, 60))
     dc = {"A": "crack", "B": "bubble", "C": "hole", "D": "stain"}
     oc = {"A": "bottle", "B": "screw", "C": "capsules", "D": "zipper"}
-    ask = lambda question, options, knowledge: baseline.generate(build_prompt(Query(question=question, options=options, image=image, knowledge=knowledge)))
+    def ask(question, options, knowledge):
+        return baseline.generate(build_prompt(Query(question=question, options=options, image=image, knowledge=knowledge)))
+
     assert ask("What type of defect is present on the object?", dc, KNOWLEDGE) == "Answer: B"
     assert ask("What kind of product is shown in the image?", oc, KNOWLEDGE) == "Answer: C"
     first = ask("What type of defect is present on the object?", dc, None)

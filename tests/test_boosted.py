@@ -194,7 +194,7 @@ def test_compare_cli_deltas(fixture_root, tmp_path, capsys):
     assert row["Average delta"] == pytest.approx(b["Average"] - a["Average"], abs=1e-3)
     assert main(["compare", str(plain), str(gt)]) == 0
     md = capsys.readouterr().out
-    line = next(l for l in md.splitlines() if l.startswith("| gt |"))
+    line = next(ln for ln in md.splitlines() if ln.startswith("| gt |"))
     assert f"{b['Average']:.2f} ({b['Average'] - a['Average']:+.2f} [" in line  # the delta, then its paired interval
     table = compare_runs([plain, gt], labels=["plain", "+gt"])
     assert table.delta("+gt", "Average") == pytest.approx(b["Average"] - a["Average"])

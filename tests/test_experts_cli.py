@@ -1,8 +1,6 @@
 """`mmad-boost expert fit|eval|render` on an MMAD-layout benchmark of the bundled VisA sample."""
 import json
-import shutil
 
-import numpy as np
 import pytest
 from PIL import Image
 

@@ -77,7 +77,7 @@ def test_compare_shows_paired_intervals_and_the_paper(runs, capsys):
     capsys.readouterr()
     assert main(["compare", str(plain), str(second), "--paper"]) == 0
     md = capsys.readouterr().out
-    line = next(l for l in md.splitlines() if l.startswith("| second |"))
+    line = next(ln for ln in md.splitlines() if ln.startswith("| second |"))
     cells = [c for c in line.split("|")[2:10] if c.strip()]
     assert cells and all("[" in c and "(" in c for c in cells)  # every delta with its paired interval
     assert "| GPT-4o (paper Table 2) | 68.63 |" in md and "paired intervals" in md

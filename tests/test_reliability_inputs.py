@@ -2,9 +2,7 @@
 traceback and no run folder left behind. Odd but valid images (CMYK, 16-bit, grayscale) must work."""
 from __future__ import annotations
 
-import io
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np

@@ -30,8 +30,8 @@ def synthetic(rng, n_images=120, datasets=("D1", "D2"), p_normal=0.7, p_abnormal
                 records.append({"qid": f"{key}#{j}", "image": key, "question_type": t, "correct_answer": "A",
                                 "gpt_answer": "A" if right else "B", "options": {"A": "Yes", "B": "No"}})
     truth = {"Anomaly Detection": 100 * (p_normal + p_abnormal) / 2, "Overkill": 100 * (1 - p_normal), "Miss": 100 * (1 - p_abnormal)}
-    for st in SUBTASKS[1:]:
-        truth[st] = 100 * p_other
+    for subtask in SUBTASKS[1:]:
+        truth[subtask] = 100 * p_other
     truth["Average"] = sum(truth[s] for s in SUBTASKS) / len(SUBTASKS)
     return records, truth
 

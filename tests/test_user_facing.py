@@ -7,7 +7,6 @@ import textwrap
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from mmad_boost.cli import main
 from mmad_boost.data import Benchmark, describe_selection, stratified
@@ -206,7 +205,7 @@ def test_limit_takes_normal_and_defective_images_of_each_dataset(tmp_path):
 def test_limit_says_what_it_took(shared_fixture_root, tmp_path, capsys):
     assert main(_eval(shared_fixture_root, tmp_path / "run", "--model", "baseline:random", "--limit", "10")) == 0
     err = capsys.readouterr().err
-    line = next(l for l in err.splitlines() if l.startswith("--limit 10:"))
+    line = next(ln for ln in err.splitlines() if ln.startswith("--limit 10:"))
     items = Benchmark(shared_fixture_root).select(limit=10)
     assert line == f"--limit 10: {describe_selection(items)}"
     assert "normal" in line and "defective" in line
