@@ -28,6 +28,21 @@ CONFIG_NOTE = (
     "over images and every delta a paired one; a verdict whose interval spans zero says *within noise*."
 )
 
+# Builds the model or stops (or falls back, labelled, when asked); shared with make_routing_notebook.py.
+BUILD_MODEL = '''\
+MODEL_ASKED = MODEL
+try:  # first: a model that cannot be built stops here, before any work
+    base = create_model(MODEL, **MODEL_OPTIONS)
+    FALLBACK = None
+except MmadError as e:
+    if not ALLOW_FALLBACK:
+        raise MmadError(f"MODEL = {MODEL!r} cannot be used: {e}. Fix MODEL / MODEL_OPTIONS in the configuration cell "
+                        "(or set ALLOW_FALLBACK = True to answer by chance instead, labelled in every result).") from None
+    FALLBACK = f"{MODEL} was unavailable ({e}); these are CHANCE answers (baseline:random)"
+    MODEL, base = "baseline:random", create_model("baseline:random")
+    print("FALLBACK: " + FALLBACK)
+'''
+
 SETUP = '''\
 import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded
@@ -46,18 +61,7 @@ from mmad_boost.data import Benchmark
 from mmad_boost.runner import Runner
 from mmad_boost.trace_summary import summarize
 
-MODEL_ASKED = MODEL
-try:  # first: a model that cannot be built stops here, before any work
-    base = create_model(MODEL, **MODEL_OPTIONS)
-    FALLBACK = None
-except MmadError as e:
-    if not ALLOW_FALLBACK:
-        raise MmadError(f"MODEL = {MODEL!r} cannot be used: {e}. Fix MODEL / MODEL_OPTIONS in the configuration cell "
-                        "(or set ALLOW_FALLBACK = True to answer by chance instead, labelled in every result).") from None
-    FALLBACK = f"{MODEL} was unavailable ({e}); these are CHANCE answers (baseline:random)"
-    MODEL, base = "baseline:random", create_model("baseline:random")
-    print("FALLBACK: " + FALLBACK)
-
+''' + BUILD_MODEL + '''
 out_dir = Path(OUT)
 if DATA is None:  # build the bundled sample's MMAD-format questions once
     from mmad_boost.demo import build_sample_bench

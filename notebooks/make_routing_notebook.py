@@ -7,6 +7,8 @@ from __future__ import annotations
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
+from make_notebooks import BUILD_MODEL
+
 INTRO = (
     "# 4 · Routing: which boosts for which question, chosen on a dev part\n\n"
     "The paper applies every boost to every question; its experts lower anomaly discrimination and defect "
@@ -55,18 +57,7 @@ from mmad_boost.data import Benchmark
 from mmad_boost.tune import report_markdown, tune
 from mmad_boost.uncertainty import format_interval
 
-MODEL_ASKED = MODEL
-try:  # first: a model that cannot be built stops here, before any work
-    base = create_model(MODEL, **MODEL_OPTIONS)
-    FALLBACK = None
-except MmadError as e:
-    if not ALLOW_FALLBACK:
-        raise MmadError(f"MODEL = {MODEL!r} cannot be used: {e}. Fix MODEL / MODEL_OPTIONS in the configuration cell "
-                        "(or set ALLOW_FALLBACK = True to answer by chance instead, labelled in every result).") from None
-    FALLBACK = f"{MODEL} was unavailable ({e}); these are CHANCE answers (baseline:random)"
-    MODEL, base = "baseline:random", create_model("baseline:random")
-    print("FALLBACK: " + FALLBACK)
-
+''' + BUILD_MODEL + '''
 out_dir = Path(OUT)
 if DATA is None:
     from mmad_boost.demo import build_sample_bench
