@@ -31,11 +31,11 @@ from visa_bench import make_visa_bench  # noqa: E402
 
 from PIL import Image  # noqa: E402
 
-from mmad_boost.data import Benchmark  # noqa: E402
+from mmad_boost.protocol.data import Benchmark  # noqa: E402
 from mmad_boost.models.base import MLLM  # noqa: E402
-from mmad_boost.prompt import MMAD_INSTRUCTION  # noqa: E402
-from mmad_boost.records import read_records  # noqa: E402
-from mmad_boost.runner import Runner  # noqa: E402
+from mmad_boost.protocol.prompt import MMAD_INSTRUCTION  # noqa: E402
+from mmad_boost.running.records import read_records  # noqa: E402
+from mmad_boost.running.runner import Runner  # noqa: E402
 
 
 class ZeroLatency(MLLM):

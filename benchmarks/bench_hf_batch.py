@@ -27,7 +27,7 @@ from hf_tiny import FAMILIES, build_tiny  # noqa: E402
 def prompts(n: int):
     from PIL import Image
 
-    from mmad_boost.prompt import Query, build_prompt
+    from mmad_boost.protocol.prompt import Query, build_prompt
 
     out = []
     for i in range(n):

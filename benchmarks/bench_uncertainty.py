@@ -23,8 +23,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mmad_boost.scoring import score_records  # noqa: E402
-from mmad_boost.uncertainty import paired_delta_intervals, score_intervals  # noqa: E402
+from mmad_boost.protocol.scoring import score_records  # noqa: E402
+from mmad_boost.reporting.uncertainty import paired_delta_intervals, score_intervals  # noqa: E402
 
 DATASETS = ("MVTec-AD", "MVTec-LOCO", "VisA", "GoodsAD")
 TYPES = ("Defect Classification", "Defect Localization", "Defect Description", "Defect Analysis")

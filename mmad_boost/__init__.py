@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from .errors import MmadError, ModelError
 from .models import MLLM, FunctionModel, as_model, create_model, register_model_kind
-from .prompt import MMAD_INSTRUCTION, Prompt, Query, SampleInfo, build_prompt
+from .protocol.prompt import MMAD_INSTRUCTION, Prompt, Query, SampleInfo, build_prompt
 
 __version__ = "0.1.0"
 __all__ = [
@@ -14,7 +14,7 @@ __all__ = [
 
 def __getattr__(name):  # BoostedModel pulls in retrieval and experts: import it only when asked
     if name == "BoostedModel":
-        from .boosted import BoostedModel
+        from .boosts.boosted import BoostedModel
 
         return BoostedModel
     raise AttributeError(name)

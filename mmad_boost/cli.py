@@ -11,13 +11,13 @@ from .errors import MmadError
 
 # Modules that add subcommands; each defines register_cli(subparsers). Keep their top-level imports light.
 COMMAND_MODULES = (
-    "mmad_boost.builder",
+    "mmad_boost.building.builder",
     "mmad_boost.demo",
     "mmad_boost.retrieval.cli",
     "mmad_boost.experts.cli",
-    "mmad_boost.compare",
-    "mmad_boost.html_report",
-    "mmad_boost.tune_cli",
+    "mmad_boost.reporting.compare",
+    "mmad_boost.reporting.html_report",
+    "mmad_boost.boosts.tune_cli",
 )
 
 
@@ -39,7 +39,7 @@ def add_deprecated_alias(parser, old: str, new: str, dest: str) -> None:
 
 def question_type_arg(text: str) -> str:
     """--type: a long name, its short alias or an unambiguous prefix (case-insensitive)."""
-    from .data import question_type
+    from .protocol.data import question_type
 
     try:
         return question_type(text)
@@ -48,7 +48,7 @@ def question_type_arg(text: str) -> str:
 
 
 def _type_help() -> str:
-    from .data import QUESTION_TYPE_ALIASES
+    from .protocol.data import QUESTION_TYPE_ALIASES
 
     names = ", ".join(f"{alias} ({long})" for alias, long in QUESTION_TYPE_ALIASES.items())
     return f"only this question type (repeatable; default: all): {names}; any unambiguous prefix works"
@@ -58,7 +58,7 @@ STYLE_CHOICES = ["bbox", "contour", "highlight", "mask", "heatmap"]
 
 
 def _add_eval(sub) -> None:
-    from .settings import SETTING_HELP
+    from .protocol.settings import SETTING_HELP
 
     p = sub.add_parser("eval", help="ask a model every selected question and record the answers")
     p.add_argument("--data", required=True, help="data root (images under MMAD's key layout)")
@@ -149,16 +149,16 @@ def build_model(args):
     if getattr(args, "route", None) and not (args.rag or args.expert or args.kb or args.mmad_knowledge):
         raise MmadError("--route needs the boosts it chooses among: add --rag and/or --expert NAME (the flags the route was tuned with)")
     if args.rag or args.expert or args.kb or args.mmad_knowledge or args.retrieval or args.calibrated or args.viz:
-        from .boosted import BoostedModel
+        from .boosts.boosted import BoostedModel
 
         model = BoostedModel.from_cli(model, args)
     return model
 
 
 def cmd_eval(args) -> int:
-    from .data import Benchmark
-    from .robust import judge_from_options
-    from .runner import Runner, parse_shard
+    from .protocol.data import Benchmark
+    from .running.robust import judge_from_options
+    from .running.runner import Runner, parse_shard
 
     check_boost_flags(args)
     for flag, value in (("--limit", args.limit), ("--subset", args.subset)):
@@ -179,7 +179,7 @@ def cmd_eval(args) -> int:
     if args.backend == "ray":
         from functools import partial
 
-        from .distributed import RayRunner
+        from .running.distributed import RayRunner
 
         runner = RayRunner(bench, None, args.out, address=args.address, model_factory=partial(build_model, args), **kwargs)
     else:
@@ -194,7 +194,7 @@ def cmd_eval(args) -> int:
         return 130
     print(f"{summary.asked} asked, {summary.skipped} already recorded, {summary.errors} errors -> {summary.run_dir}", file=sys.stderr)
     if args.limit is not None:  # what a limit took, so a table from a small sample is read as one
-        from .data import describe_selection
+        from .protocol.data import describe_selection
 
         print(f"--limit {args.limit}: {describe_selection(items)}", file=sys.stderr)
     if not args.shard:
@@ -205,9 +205,9 @@ def cmd_eval(args) -> int:
 
 
 def _print_scores(run_dirs: list[Path], fmt: str) -> None:
-    from .reports import markdown_table, scores_csv, scores_json, write_reports
+    from .reporting.reports import markdown_table, scores_csv, scores_json, write_reports
 
-    from .records import run_records
+    from .running.records import run_records
 
     for rd in run_dirs:
         if not run_records(rd):
@@ -217,7 +217,7 @@ def _print_scores(run_dirs: list[Path], fmt: str) -> None:
         if fmt == "csv":
             print(scores_csv(sc), end="")
         elif fmt == "mmad-csv":  # MMAD's all_result shape, for submitting
-            from .paper import mmad_csv
+            from .protocol.paper import mmad_csv
 
             print(mmad_csv(sc), end="")
         elif fmt == "json":
@@ -234,7 +234,7 @@ def cmd_score(args) -> int:
         if not d.is_dir():
             raise MmadError(f"run folder {d} not found; pass the --out folder of `mmad-boost eval`")
     if args.repair:
-        from .records import run_records
+        from .running.records import run_records
 
         for d in dirs:
             run_records(d, repair=True)  # damaged lines moved into records*.jsonl.rejected
@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     parser = make_parser()
     args = parser.parse_args(argv)
-    from .progress import quiet
+    from .running.progress import quiet
 
     try:
         with quiet(bool(getattr(args, "no_progress", False))):

@@ -28,7 +28,7 @@ class DemoRun:
 
 def _boosted(**kw) -> Callable[[Any, Path], Any]:
     def make(base, out: Path):
-        from .boosted import BoostedModel
+        from .boosts.boosted import BoostedModel
 
         options = dict(kw)
         if options.get("calibrated"):  # both calibrated PatchCore runs share one fit per category
@@ -57,7 +57,7 @@ def base_model_spec() -> tuple[str, str | None]:
 
 
 def build_sample_bench(out: Path, *, seed: int = 0):
-    from .builder import build_benchmark
+    from .building.builder import build_benchmark
     from .resources import sample_root
 
     return build_benchmark(sample_root(), out, layout="visa", seed=seed)
@@ -68,9 +68,9 @@ def run_demo(
     base_spec: str | None = None, progress: bool = True, log=print,
 ) -> dict:
     """base_spec: the base model SPEC (default: baseline:features when available). Returns {"bench": Path, "runs": {name: run_dir}, "skipped": {name: reason}, "table": markdown}."""
-    from .data import Benchmark
+    from .protocol.data import Benchmark
     from .models import create_model
-    from .runner import Runner
+    from .running.runner import Runner
 
     out = Path(out)
     t0 = time.perf_counter()
@@ -112,16 +112,16 @@ def run_demo(
 
 
 def _report(out: Path, done: dict[str, Path], log) -> str:
-    from .reports import write_reports
+    from .reporting.reports import write_reports
 
     dirs = list(done.values())
     write_reports(dirs, out_dir=out)
     try:
-        from .compare import compare_runs
+        from .reporting.compare import compare_runs
     except ModuleNotFoundError:
-        from .reports import markdown_table
-        from .records import run_records
-        from .scoring import score_records
+        from .reporting.reports import markdown_table
+        from .running.records import run_records
+        from .protocol.scoring import score_records
 
         table = "\n\n".join(f"{n}\n\n{markdown_table(score_records(run_records(d)))}" for n, d in done.items())
         plot = None
@@ -137,8 +137,8 @@ def _report(out: Path, done: dict[str, Path], log) -> str:
     log(f"benchmark: {out / 'bench' / 'mmad.json'}")
     log(f"per-run report and heatmap: {out / 'runs'}/<run>/report.md, heatmap.png")
     log(f"comparison: {out / 'comparison.md'}" + (f", {plot}" if plot else "") + f"; radar: {out / 'radar.png'}")
-    from .html_report import write_html_report
-    from .progress import enabled
+    from .reporting.html_report import write_html_report
+    from .running.progress import enabled
 
     log(f"browsable report of every answer: {write_html_report(dirs, out, progress=enabled())} (open it in a browser)")
     return table

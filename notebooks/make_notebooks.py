@@ -56,10 +56,10 @@ import matplotlib.pyplot as plt
 from IPython.display import Markdown, display
 
 from mmad_boost import BoostedModel, MmadError, create_model
-from mmad_boost.compare import changed_answers, compare_runs
-from mmad_boost.data import Benchmark
-from mmad_boost.runner import Runner
-from mmad_boost.trace_summary import summarize
+from mmad_boost.reporting.compare import changed_answers, compare_runs
+from mmad_boost.protocol.data import Benchmark
+from mmad_boost.running.runner import Runner
+from mmad_boost.reporting.trace_summary import summarize
 
 ''' + BUILD_MODEL + '''
 out_dir = Path(OUT)
@@ -137,7 +137,7 @@ def rag_notebook() -> nbformat.NotebookNode:
         ),
         new_markdown_cell("What the retrieval found (per image), and a piece of the knowledge text one prompt received:"),
         new_code_cell(
-            "from mmad_boost.records import run_records\n\n"
+            "from mmad_boost.running.records import run_records\n\n"
             "for label in (\"+RAG oracle\", \"+RAG image\"):\n"
             "    r = summarize(run_records(runs[label]))[\"retrieval\"]\n"
             "    say(f\"{label}: category right {r['right']}/{r['with_truth']}, unknown {r['unknown']}, \"\n"
@@ -210,7 +210,7 @@ def experts_notebook() -> nbformat.NotebookNode:
             "fitted expert in both modes (the runs above saved what each prompt received under `pictures/`)."
         ),
         new_code_cell(
-            "from mmad_boost.rendering import render\n\n"
+            "from mmad_boost.experts.rendering import render\n\n"
             "STYLES = [\"bbox\", \"contour\", \"highlight\", \"mask\", \"heatmap\"]\n"
             "bad = next(s for s, _ in items if not s.is_normal)\n"
             "good = next((s for s, _ in items if s.is_normal and s.category == bad.category), None)\n"
@@ -239,7 +239,7 @@ def experts_notebook() -> nbformat.NotebookNode:
         ),
         new_markdown_cell("## False marks on normal images, hits on defective ones"),
         new_code_cell(
-            "from mmad_boost.records import run_records\n\n"
+            "from mmad_boost.running.records import run_records\n\n"
             "for label in list(runs)[1:]:\n"
             "    e = summarize(run_records(runs[label]))[\"expert\"]\n"
             "    say(f\"{label:30s} marks on {e['false_marks']}/{e['normal_images']} normal images, \"\n"

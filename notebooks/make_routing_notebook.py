@@ -53,9 +53,9 @@ import matplotlib.pyplot as plt
 from IPython.display import Markdown, display
 
 from mmad_boost import MmadError, create_model
-from mmad_boost.data import Benchmark
-from mmad_boost.tune import report_markdown, tune
-from mmad_boost.uncertainty import format_interval
+from mmad_boost.protocol.data import Benchmark
+from mmad_boost.boosts.tune import report_markdown, tune
+from mmad_boost.reporting.uncertainty import format_interval
 
 ''' + BUILD_MODEL + '''
 out_dir = Path(OUT)

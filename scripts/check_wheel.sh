@@ -72,7 +72,7 @@ grep "^| " demo.out
 "$vpy" - demo_out/runs <<'EOF' || fail "demo rows hold errored answers"
 import sys
 from pathlib import Path
-from mmad_boost.records import run_records
+from mmad_boost.running.records import run_records
 bad = {d.name: sum(bool(r.get("error")) for r in run_records(d)) for d in sorted(Path(sys.argv[1]).iterdir())}
 bad = {k: v for k, v in bad.items() if v}
 sys.exit(f"errored records per run: {bad}" if bad else 0)
@@ -85,7 +85,7 @@ bench="$("$vpy" -m mmad_boost.sample benchmark)"
   --calibrated --no-progress --out runs/rag-patchcore > eval.out || fail "eval exited $?"
 "$vpy" - runs/rag-patchcore <<'EOF'
 import sys
-from mmad_boost.records import run_records
+from mmad_boost.running.records import run_records
 recs = run_records(sys.argv[1])
 errors = [r for r in recs if r.get("error")]
 found = sum(r["trace"]["retrieval"]["category"] == r["trace"]["retrieval"]["true_category"] for r in recs)

@@ -32,9 +32,9 @@ def main() -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from mmad_boost.data import load_mask, load_rgb
+    from mmad_boost.protocol.data import load_mask, load_rgb
     from mmad_boost.experts import create_expert, load_expert
-    from mmad_boost.rendering import STYLES, drawing_options, render
+    from mmad_boost.experts.rendering import STYLES, drawing_options, render
 
     image, template = load_rgb(Path(args.image)), load_rgb(Path(args.template))
     rows = [("ground truth", create_expert("gt"), {"mask": load_mask(Path(args.mask))}),

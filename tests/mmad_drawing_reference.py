@@ -1,6 +1,6 @@
 """An independent reading of protocol §7 (MMAD's drawing code), written plainly for the tests.
 
-Deliberately unlike mmad_boost.rendering: plain loops and NumPy comparisons instead of
+Deliberately unlike mmad_boost.experts.rendering: plain loops and NumPy comparisons instead of
 cv2.threshold, float distances for box merging, a viridis table indexed by hand, and the highlight
 worked out in Pillow's integer arithmetic instead of calling Image.blend / alpha_composite. Only
 what §7 names as OpenCV's own (findContours, contourArea, boundingRect, drawContours, rectangle,

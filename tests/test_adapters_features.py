@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from mmad_boost.data import Benchmark
+from mmad_boost.protocol.data import Benchmark
 from mmad_boost.models import create_model
 from mmad_boost.models.feature_baseline import (
     FeatureBaseline,
@@ -17,9 +17,9 @@ from mmad_boost.models.feature_baseline import (
     read_prompt,
     red_region,
 )
-from mmad_boost.prompt import Prompt, Query, build_prompt
-from mmad_boost.records import read_records
-from mmad_boost.runner import Runner
+from mmad_boost.protocol.prompt import Prompt, Query, build_prompt
+from mmad_boost.running.records import read_records
+from mmad_boost.running.runner import Runner
 
 KNOWLEDGE = (
     " <Normal Characteristics>\n Description: green glossy capsules, elongated softgel supplements.\n"

@@ -11,8 +11,8 @@ from PIL import Image
 
 from mmad_boost.errors import MmadError
 from mmad_boost.models import create_model
-from mmad_boost.prompt import Query, build_prompt
-from mmad_boost.records import read_records
+from mmad_boost.protocol.prompt import Query, build_prompt
+from mmad_boost.running.records import read_records
 
 from hf_tiny import FAMILIES as TINY_FAMILIES, build_tiny  # noqa: E402  (tests/ is on sys.path)
 
@@ -155,7 +155,7 @@ SAME_COUNT = {"gemma3", "llava_onevision"}
 
 
 def _family_prompt(shapes=SHAPES, words=("Template:", " and the query ", " then the expert picture ", "Is it defective?")):
-    from mmad_boost.prompt import Prompt
+    from mmad_boost.protocol.prompt import Prompt
 
     parts: list = [words[0]]
     for i, shape in enumerate(shapes):
@@ -343,8 +343,8 @@ def test_eval_cli_batched_with_workers(tiny_qwen_answers_a, fixture_root, tmp_pa
 
 @pytest.mark.slow
 def test_runner_workers_fill_batches_and_answers_match_unbatched(tiny_qwen, fixture_root, tmp_path):
-    from mmad_boost.data import Benchmark
-    from mmad_boost.runner import Runner
+    from mmad_boost.protocol.data import Benchmark
+    from mmad_boost.running.runner import Runner
 
     bench = Benchmark(fixture_root)
     items = bench.select()[:12]

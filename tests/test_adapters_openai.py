@@ -12,13 +12,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from PIL import Image
 
-from mmad_boost.data import Benchmark
+from mmad_boost.protocol.data import Benchmark
 from mmad_boost.errors import MmadError, ModelError
 from mmad_boost.models import create_model
 from mmad_boost.models.openai_api import OpenAIChatModel
-from mmad_boost.prompt import Query, build_prompt
-from mmad_boost.records import read_records
-from mmad_boost.runner import Runner
+from mmad_boost.protocol.prompt import Query, build_prompt
+from mmad_boost.running.records import read_records
+from mmad_boost.running.runner import Runner
 
 KEY = "sk-test-SECRET-0123456789"
 

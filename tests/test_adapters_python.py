@@ -8,8 +8,8 @@ from PIL import Image
 
 from mmad_boost.errors import MmadError
 from mmad_boost.models import FunctionModel, create_model
-from mmad_boost.prompt import Query, build_prompt
-from mmad_boost.records import read_records
+from mmad_boost.protocol.prompt import Query, build_prompt
+from mmad_boost.running.records import read_records
 
 MODULE = '''
 from mmad_boost.models import MLLM

@@ -11,11 +11,11 @@ from PIL import Image, ImageDraw
 
 from mmad_boost import BoostedModel, MmadError
 from mmad_boost.cli import main
-from mmad_boost.compare import changed_answers, compare_runs
-from mmad_boost.data import Benchmark
-from mmad_boost.runner import Runner
-from mmad_boost.scoring import score_records
-from mmad_boost.records import run_records
+from mmad_boost.reporting.compare import changed_answers, compare_runs
+from mmad_boost.protocol.data import Benchmark
+from mmad_boost.running.runner import Runner
+from mmad_boost.protocol.scoring import score_records
+from mmad_boost.running.records import run_records
 from fixtures import Recorder
 
 
@@ -159,7 +159,7 @@ def test_in_runner_prepares_once_per_image_and_traces(fixture_root, tmp_path):
     # each defective question's prompt carries the knowledge and the marked picture
     bad = [p for p in base.prompts if "good" not in p.query.info.key]
     assert all(len(p.images) == 3 and "red contour" in p.text() for p in bad)
-    from mmad_boost.reports import write_reports
+    from mmad_boost.reporting.reports import write_reports
 
     write_reports([out])
     report = (out / "report.md").read_text()

@@ -15,8 +15,8 @@ import pytest
 from conftest import VISA
 from PIL import Image
 
-from mmad_boost.builder import build_benchmark
-from mmad_boost.data import Benchmark
+from mmad_boost.building.builder import build_benchmark
+from mmad_boost.protocol.data import Benchmark
 
 SAMPLE = VISA  # the bundled sample, in VisA's own layout
 GRID = ["top left", "top", "top right", "left", "center", "right", "bottom left", "bottom", "bottom right"]
@@ -137,9 +137,9 @@ def test_visa_originals_every_answer_matches_labels_and_masks(visa_build):
 @pytest.mark.slow
 def test_visa_build_loads_and_scores_with_the_harness(visa_build, tmp_path):
     from mmad_boost.models import create_model
-    from mmad_boost.records import run_records
-    from mmad_boost.runner import Runner
-    from mmad_boost.scoring import score_records
+    from mmad_boost.running.records import run_records
+    from mmad_boost.running.runner import Runner
+    from mmad_boost.protocol.scoring import score_records
 
     bench = Benchmark(visa_build.out)
     items = bench.select()

@@ -12,11 +12,11 @@ import pytest
 from PIL import Image
 from test_builder import SAMPLE, make_mvtec_tree
 
-from mmad_boost import question_gen as qg
-from mmad_boost.builder import build_benchmark
+from mmad_boost.building import question_gen as qg
+from mmad_boost.building.builder import build_benchmark
 from mmad_boost.cli import main
 from mmad_boost.errors import MmadError
-from mmad_boost.source_tree import SkippedWarning
+from mmad_boost.building.source_tree import SkippedWarning
 
 
 def make_visa_tree(dst: Path, per_group: int = 2) -> Path:
@@ -168,7 +168,7 @@ def test_extra_questions_json_and_csv(mvtec, tmp_path):
     conv = json.loads(s.questions_file.read_text())[key]["conversation"]
     assert [q["type"] for q in conv[-2:]] == ["Defect Description", "Defect Analysis"]
     assert conv[-2]["Answer"] == "A" and conv[-1]["Options"] == {"A": "nothing", "B": "a weak product"}
-    from mmad_boost.data import Benchmark
+    from mmad_boost.protocol.data import Benchmark
 
     assert len(Benchmark(tmp_path / "b").select(types=["Defect Analysis"])) == 1
 
@@ -229,7 +229,7 @@ def test_defect_classification_multi_label_rule():
 def test_batched_ssim_equals_skimage_and_bhattacharyya_bounds():
     from skimage.metrics import structural_similarity
 
-    from mmad_boost.similarity import bhattacharyya, ssim_hist_feature, ssim_many
+    from mmad_boost.building.similarity import bhattacharyya, ssim_hist_feature, ssim_many
 
     images = sorted((SAMPLE / "capsules" / "Data" / "Images" / "Normal").glob("*.JPG"))[:4]
     feats = [ssim_hist_feature(Image.open(p)) for p in images]

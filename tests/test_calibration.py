@@ -181,7 +181,7 @@ def test_operating_curve_counts_and_best_fixed_threshold():
 
 
 def test_verdict_text_names_grid_cells_and_area():
-    from mmad_boost.evidence import grid_cell, verdict_text
+    from mmad_boost.boosts.evidence import grid_cell, verdict_text
 
     assert grid_cell(0, 0, 90, 90) == "top left" and grid_cell(89, 89, 90, 90) == "bottom right" and grid_cell(45, 45, 90, 90) == "center"
     region = np.zeros((90, 90), bool)
@@ -215,9 +215,9 @@ def test_image_score_chosen_from_training_defects_only(normals):
 
 
 def test_boosted_evidence_text_mode_sends_words_not_picture():
-    from mmad_boost.boosted import BoostedModel
+    from mmad_boost.boosts.boosted import BoostedModel
     from mmad_boost.experts.base import Expert
-    from mmad_boost.prompt import Query, build_prompt
+    from mmad_boost.protocol.prompt import Query, build_prompt
 
     class Spot(Expert):  # a calibrated expert with a hot square at the top left
         kind = name = "spot"

@@ -120,7 +120,7 @@ def test_expert_drawing_flags_without_expert_are_refused(shared_fixture_root, tm
 
 
 def test_retrieval_help_matches_what_run_json_records():
-    from mmad_boost.boosted import BoostedModel
+    from mmad_boost.boosts.boosted import BoostedModel
 
     parser = make_parser()
     sub = dict((" ".join(p), s) for p, s, _ in _walk(parser))["eval"]

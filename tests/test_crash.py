@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from mmad_boost.cli import main
-from mmad_boost.data import Benchmark
+from mmad_boost.protocol.data import Benchmark
 from mmad_boost.errors import MmadError
-from mmad_boost.records import RecordWriter, read_records
-from mmad_boost.scoring import score_records
+from mmad_boost.running.records import RecordWriter, read_records
+from mmad_boost.protocol.scoring import score_records
 
 TESTS = Path(__file__).parent
 ROOT = TESTS.parent

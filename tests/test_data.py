@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mmad_boost.data import Benchmark, load_mask
+from mmad_boost.protocol.data import Benchmark, load_mask
 from mmad_boost.errors import MmadError
-from mmad_boost.prompt import MMAD_INSTRUCTION, Query, build_prompt, shuffle_options
-from mmad_boost.settings import parse_setting
+from mmad_boost.protocol.prompt import MMAD_INSTRUCTION, Query, build_prompt, shuffle_options
+from mmad_boost.protocol.settings import parse_setting
 
 KEYS = [
     "MVTec-AD/bottle/test/broken_large/000.png",
@@ -113,7 +113,7 @@ def test_shuffle_remaps_answer_and_is_seeded():
 
 
 def test_folder_in_place_of_an_image_is_named_the_same_way_everywhere(tmp_path):
-    from mmad_boost.data import check_image_file, load_rgb
+    from mmad_boost.protocol.data import check_image_file, load_rgb
     from mmad_boost.errors import MmadError
 
     folder = tmp_path / "000.png"

@@ -10,7 +10,7 @@ from mmad_boost.cli import main
 from mmad_boost import demo
 from mmad_boost.demo import DEMO_RUNS, QUICK_QUESTIONS, DemoRun, run_demo
 from mmad_boost.errors import MmadError
-from mmad_boost.records import run_records
+from mmad_boost.running.records import run_records
 from mmad_boost.resources import sample_root
 
 SAMPLE = sample_root()

@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 
 from mmad_boost.cli import main as cli_main
-from mmad_boost.data import Benchmark
+from mmad_boost.protocol.data import Benchmark
 from mmad_boost.errors import MmadError
 from mmad_boost.models.baselines import RandomBaseline
-from mmad_boost.records import read_records, run_records
-from mmad_boost.runner import Runner, shard_of
+from mmad_boost.running.records import read_records, run_records
+from mmad_boost.running.runner import Runner, shard_of
 
 
 class CountingModel(RandomBaseline):
@@ -110,7 +110,7 @@ def local_ray():
 
 @pytest.mark.slow
 def test_ray_run_equals_single_process_and_resumes(local_ray, shared_fixture_root, tmp_path):
-    from mmad_boost.distributed import RayRunner
+    from mmad_boost.running.distributed import RayRunner
 
     bench = Benchmark(shared_fixture_root)
     items = bench.select()
@@ -150,7 +150,7 @@ def _missing_weights():
 
 @pytest.mark.slow
 def test_ray_worker_user_error_reaches_driver_as_one_line(local_ray, shared_fixture_root, tmp_path):
-    from mmad_boost.distributed import RayRunner
+    from mmad_boost.running.distributed import RayRunner
 
     bench = Benchmark(shared_fixture_root)
     with pytest.raises(MmadError, match="model.safetensors: not found"):
@@ -158,7 +158,7 @@ def test_ray_worker_user_error_reaches_driver_as_one_line(local_ray, shared_fixt
 
 
 def test_ray_resources_from_environment_are_checked(shared_fixture_root, tmp_path, monkeypatch):
-    from mmad_boost.distributed import RayRunner
+    from mmad_boost.running.distributed import RayRunner
 
     bench = Benchmark(shared_fixture_root)
     monkeypatch.setenv("MMAD_RAY_GPUS", "1")

@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from mmad_boost.data import load_mask
+from mmad_boost.protocol.data import load_mask
 from mmad_boost.errors import MmadError
 from mmad_boost.experts import ExpertOutput, cached_predict, calibration_thresholds, create_expert, load_expert
 from mmad_boost.experts.sample import visa_split
-from mmad_boost.rendering import render
+from mmad_boost.experts.rendering import render
 
 SIZE = 160  # small images keep the tests fast
 

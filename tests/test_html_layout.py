@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from mmad_boost.data import Benchmark
-from mmad_boost.html_report import write_html_report
+from mmad_boost.protocol.data import Benchmark
+from mmad_boost.reporting.html_report import write_html_report
 from mmad_boost.models.registry import create_model
-from mmad_boost.runner import Runner
+from mmad_boost.running.runner import Runner
 from test_html_report import ARGS, CHROMIUM, InspectorStub, make_visa_bench
 
 WIDTH = 1280

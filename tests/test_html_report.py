@@ -14,12 +14,12 @@ from PIL import Image, ImageDraw
 
 from conftest import ROOT, VISA
 from mmad_boost.cli import main
-from mmad_boost.data import Benchmark
+from mmad_boost.protocol.data import Benchmark
 from mmad_boost.errors import MmadError
-from mmad_boost.html_report import FILES_DIR, write_html_report
+from mmad_boost.reporting.html_report import FILES_DIR, write_html_report
 from mmad_boost.models.base import MLLM
 from mmad_boost.models.registry import create_model
-from mmad_boost.runner import Runner
+from mmad_boost.running.runner import Runner
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = ROOT / "test-artifacts"

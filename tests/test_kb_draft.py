@@ -12,8 +12,8 @@ from hypothesis import given, settings, strategies as st
 from PIL import Image
 
 from mmad_boost.cli import main
-from mmad_boost.kb_draft import is_draft, toml_text
-from mmad_boost.records import run_records
+from mmad_boost.retrieval.kb_draft import is_draft, toml_text
+from mmad_boost.running.records import run_records
 from mmad_boost.retrieval.knowledge import load_category_file
 from test_adapters_openai import completion, server  # noqa: F401  (the real HTTP server fixture)
 

@@ -8,9 +8,9 @@ import json
 import pytest
 
 from mmad_boost.cli import main
-from mmad_boost.paper import MMAD_CSV_COLUMNS, published_results
-from mmad_boost.records import run_records
-from mmad_boost.scoring import SUBTASKS, score_records
+from mmad_boost.protocol.paper import MMAD_CSV_COLUMNS, published_results
+from mmad_boost.running.records import run_records
+from mmad_boost.protocol.scoring import SUBTASKS, score_records
 
 
 def test_published_table_matches_the_protocol_reference_numbers():

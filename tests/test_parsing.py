@@ -1,7 +1,7 @@
 import pytest
 
 from mmad_boost.errors import MmadError
-from mmad_boost.parsing import parse_answer, parse_mmad, parse_strict
+from mmad_boost.protocol.parsing import parse_answer, parse_mmad, parse_strict
 
 YN = {"A": "Yes", "B": "No"}
 DEF = {"A": "scratch", "B": "crack", "C": "hole", "D": "stain"}

@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, event, given, settings, strategies as st
 
-from mmad_boost.data import Benchmark
+from mmad_boost.protocol.data import Benchmark
 from mmad_boost.errors import MmadError
 from mmad_boost.experts.base import load_expert
-from mmad_boost.records import read_records, run_records
-from mmad_boost.runner import Runner
+from mmad_boost.running.records import read_records, run_records
+from mmad_boost.running.runner import Runner
 from reliability2_support import eval_args, partial_files, qids_once, run_cli
 
 def fast(n: int):
@@ -116,7 +116,8 @@ def finished_run(shared_fixture_root, tmp_path_factory):
 def no_plots():
     """matplotlib takes ~2 s per `score`; these properties are about reading records, so the two
     plots are drawn as empty files here (tests/test_scoring.py and the demo draw the real ones)."""
-    from mmad_boost import atomic, reports
+    from mmad_boost import atomic
+    from mmad_boost.reporting import reports
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(reports, "heatmap", lambda scores, path, title="": atomic.write_bytes(path, b"png"))

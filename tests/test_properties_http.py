@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, event, given, settings, strategies as st
 from http_faults import KEY, Reply, ScriptedServer, completion
 from mmad_boost.errors import MmadError, ModelError
 from mmad_boost.models.openai_api import OpenAIChatModel
-from mmad_boost.prompt import Prompt
+from mmad_boost.protocol.prompt import Prompt
 
 TIMEOUT, DEADLINE, RETRIES = 0.4, 0.8, 1
 PROPS = settings(max_examples=35, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture], database=None)
@@ -144,9 +144,9 @@ def test_a_run_records_every_question_exactly_once_whatever_the_server_does(shar
     import tempfile
     from pathlib import Path
 
-    from mmad_boost.data import Benchmark
-    from mmad_boost.records import read_records
-    from mmad_boost.runner import Runner
+    from mmad_boost.protocol.data import Benchmark
+    from mmad_boost.running.records import read_records
+    from mmad_boost.running.runner import Runner
 
     main, _ = servers
     bench = Benchmark(shared_fixture_root)

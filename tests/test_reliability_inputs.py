@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from mmad_boost.cli import main
-from mmad_boost.data import Benchmark
+from mmad_boost.protocol.data import Benchmark
 from mmad_boost.errors import MmadError
 
 GOOD = "MVTec-AD/widget/test/good/000.png"
@@ -202,7 +202,7 @@ def test_odd_image_encodings_work(kind, fixture_root, tmp_path, capsys):
 
 
 def test_sixteen_bit_keeps_contrast(tmp_path):
-    from mmad_boost.data import load_rgb
+    from mmad_boost.protocol.data import load_rgb
 
     a = np.zeros((8, 8), np.uint16)
     a[:, 4:] = 4000  # 12-bit data in a 16-bit container: must not become all black

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from mmad_boost.cli import main
-from mmad_boost.records import read_records
+from mmad_boost.running.records import read_records
 
 KEY = "sk-test-9f8e7d6c5b4a-SECRET"
 KEY_ENV = "MMAD_RELIABILITY_KEY"

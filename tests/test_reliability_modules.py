@@ -95,7 +95,7 @@ def test_expert_used_before_fitting():
 
 
 def test_gt_expert_with_a_mask_of_another_size(fixture_root, tmp_path, capsys):
-    from mmad_boost.data import Benchmark
+    from mmad_boost.protocol.data import Benchmark
 
     bench = Benchmark(fixture_root)
     Image.new("L", (50, 40), 255).save(bench.mask_file(bench.by_key[BAD]))

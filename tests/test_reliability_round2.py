@@ -17,14 +17,14 @@ from PIL import Image
 
 from http_faults import KEY, Reply, ScriptedServer, completion
 from mmad_boost import atomic
-from mmad_boost.data import Benchmark, check_image_file
+from mmad_boost.protocol.data import Benchmark, check_image_file
 from mmad_boost.errors import MmadError, ModelError
 from mmad_boost.experts.base import load_expert
 from mmad_boost.models.openai_api import OpenAIChatModel, _retry_after
-from mmad_boost.parsing import parse_mmad, parse_strict
-from mmad_boost.prompt import Prompt
-from mmad_boost.records import read_records, run_records
-from mmad_boost.runner import Runner
+from mmad_boost.protocol.parsing import parse_mmad, parse_strict
+from mmad_boost.protocol.prompt import Prompt
+from mmad_boost.running.records import read_records, run_records
+from mmad_boost.running.runner import Runner
 from reliability2_support import GOOD, TEMPLATE, error_line, eval_args, partial_files, python_model_module, qids_once, run_cli
 
 

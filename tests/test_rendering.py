@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from mmad_boost.errors import MmadError
-from mmad_boost.rendering import STYLES, merge_boxes, render
+from mmad_boost.experts.rendering import STYLES, merge_boxes, render
 
 RED = np.array([255, 0, 0], np.uint8)
 
@@ -137,7 +137,7 @@ def test_unknown_style_is_a_user_error():
 # -- faithful pictures against an independent reading of §7 (tests/mmad_drawing_reference.py) ----
 import mmad_drawing_reference as ref  # noqa: E402
 
-from mmad_boost.rendering import drawing_options  # noqa: E402
+from mmad_boost.experts.rendering import drawing_options  # noqa: E402
 
 MODEL_STYLES = ("bbox", "contour", "highlight", "heatmap", "mask")
 
@@ -368,7 +368,7 @@ def test_any_size_any_floor_equals_the_reference(w, h, mw, mh, floor, seed, near
 
 
 def test_benchmark_masks_read_as_mmad(tmp_path):
-    from mmad_boost.data import load_mask
+    from mmad_boost.protocol.data import load_mask
 
     raw = np.zeros((40, 50), np.uint8)
     raw[5:15, 5:15], raw[20:30, 20:30] = 255, 128  # maximum 255: only 255 counts (// 255)

@@ -145,8 +145,8 @@ def test_damaged_patch_features_are_a_clear_error(boards_kb, tmp_path):
 
 def test_one_shot_plus_templates_from_train_good_when_the_file_has_none(tmp_path):
     """A question file without similar_templates: 1-shot+ takes the category's most similar normal image."""
-    from mmad_boost.data import Benchmark
-    from mmad_boost.settings import parse_setting
+    from mmad_boost.protocol.data import Benchmark
+    from mmad_boost.protocol.settings import parse_setting
 
     root = tmp_path / "data"
     good = root / "VisA" / "fryum" / "train" / "good"
@@ -181,10 +181,10 @@ class _FirstOption:
 
 
 def test_runner_ranks_one_shot_plus_templates_for_a_file_without_them(fixture_root, tmp_path):
-    from mmad_boost.data import Benchmark
-    from mmad_boost.records import read_records
-    from mmad_boost.runner import Runner
-    from mmad_boost.settings import parse_setting
+    from mmad_boost.protocol.data import Benchmark
+    from mmad_boost.running.records import read_records
+    from mmad_boost.running.runner import Runner
+    from mmad_boost.protocol.settings import parse_setting
 
     qfile = fixture_root / "mmad.json"
     data = json.loads(qfile.read_text())

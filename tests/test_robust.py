@@ -7,10 +7,10 @@ import re
 import pytest
 
 from mmad_boost.cli import main
-from mmad_boost.records import run_records
-from mmad_boost.reports import robust_scores
-from mmad_boost.robust import circular_records, judged_records, rotations
-from mmad_boost.scoring import score_records
+from mmad_boost.running.records import run_records
+from mmad_boost.reporting.reports import robust_scores
+from mmad_boost.running.robust import circular_records, judged_records, rotations
+from mmad_boost.protocol.scoring import score_records
 from test_adapters_openai import Server, completion  # the project's local chat-completions server
 
 
@@ -125,7 +125,7 @@ def test_judge_option_without_judge_is_refused(fixture_root, tmp_path, capsys):
 
 
 def test_html_report_shows_the_circular_figure_beside_mmads(fixture_root, tmp_path, server):
-    from mmad_boost.html_report import write_html_report
+    from mmad_boost.reporting.html_report import write_html_report
 
     server.reply = lambda body, n: (200, {}, completion("Answer: A"))
     out = tmp_path / "biased"

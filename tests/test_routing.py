@@ -8,13 +8,13 @@ from hypothesis import given, settings, strategies as st
 
 from mmad_boost import BoostedModel, MmadError
 from mmad_boost.cli import main
-from mmad_boost.data import Benchmark
+from mmad_boost.protocol.data import Benchmark
 from mmad_boost.models.base import MLLM
-from mmad_boost.records import run_records
+from mmad_boost.running.records import run_records
 from fixtures import Recorder
-from mmad_boost.routing import Choice, Route, route_toml
-from mmad_boost.runner import Runner
-from mmad_boost.tune import choose_route, split_images
+from mmad_boost.boosts.routing import Choice, Route, route_toml
+from mmad_boost.running.runner import Runner
+from mmad_boost.boosts.tune import choose_route, split_images
 
 KNOWLEDGE = """dataset = "MVTec"
 category = "{cat}"
@@ -245,8 +245,8 @@ def test_any_route_content_loads_or_fails_with_a_one_line_error(d):
 def test_response_cache_keys_on_everything_the_model_sees(tmp_path):
     from PIL import Image
 
-    from mmad_boost.prompt import Prompt
-    from mmad_boost.response_cache import CachedModel
+    from mmad_boost.protocol.prompt import Prompt
+    from mmad_boost.running.response_cache import CachedModel
 
     class Counting(MLLM):
         name = "counting"

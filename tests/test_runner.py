@@ -5,12 +5,12 @@ import time
 import pytest
 
 from mmad_boost.cli import main
-from mmad_boost.data import Benchmark
+from mmad_boost.protocol.data import Benchmark
 from mmad_boost.errors import MmadError
 from mmad_boost.models import FunctionModel
-from mmad_boost.records import read_records
-from mmad_boost.runner import Runner
-from mmad_boost.scoring import score_records
+from mmad_boost.running.records import read_records
+from mmad_boost.running.runner import Runner
+from mmad_boost.protocol.scoring import score_records
 
 
 class CountingModel:
@@ -137,7 +137,7 @@ def test_shards_merge_to_the_single_run(shared_fixture_root, tmp_path):
     Runner(b, CountingModel(), tmp_path / "one", progress=False).run(items)
     for i in (1, 2, 3):
         Runner(b, CountingModel(), tmp_path / "sh", progress=False, shard=(i, 3)).run(items)
-    from mmad_boost.records import run_records
+    from mmad_boost.running.records import run_records
 
     strip = lambda rs: sorted((r["qid"], r["gpt_answer"], r["correct_answer"], json.dumps(r["options"])) for r in rs)  # noqa: E731
     assert strip(run_records(tmp_path / "one")) == strip(run_records(tmp_path / "sh"))

@@ -4,7 +4,7 @@ from collections import defaultdict
 
 import pytest
 
-from mmad_boost.scoring import SUBTASKS, score_records, strict_accuracy
+from mmad_boost.protocol.scoring import SUBTASKS, score_records, strict_accuracy
 
 
 def rec(image, qtype, gold, given, options=None, **kw):

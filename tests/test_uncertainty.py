@@ -1,11 +1,11 @@
-"""Bootstrap intervals (mmad_boost.uncertainty) on seeded synthetic records with known accuracy."""
+"""Bootstrap intervals (mmad_boost.reporting.uncertainty) on seeded synthetic records with known accuracy."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from mmad_boost.scoring import SUBTASKS, score_records
-from mmad_boost.uncertainty import CELLS, format_interval, noise_word, paired_delta_intervals, score_intervals
+from mmad_boost.protocol.scoring import SUBTASKS, score_records
+from mmad_boost.reporting.uncertainty import CELLS, format_interval, noise_word, paired_delta_intervals, score_intervals
 
 TYPES = SUBTASKS[1:5]  # defect questions, asked on defective images only
 OBJECT = ("Object Classification", "Object Structure")

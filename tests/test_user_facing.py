@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from mmad_boost.cli import main
-from mmad_boost.data import Benchmark, describe_selection, stratified
+from mmad_boost.protocol.data import Benchmark, describe_selection, stratified
 
 
 def _eval(root, out, *extra):
@@ -84,8 +84,8 @@ def test_python_model_identity_follows_its_source(tmp_path, monkeypatch):
     after = code_identity(importlib.import_module("user_pkg_identity"))["code_sha256"]
     assert after != before
     # the identity the runner stores holds it
-    from mmad_boost.data import Benchmark
-    from mmad_boost.runner import Runner
+    from mmad_boost.protocol.data import Benchmark
+    from mmad_boost.running.runner import Runner
 
     root = tmp_path / "data"
     _two_dataset_bench(root)
@@ -141,7 +141,7 @@ def test_no_lock_file_is_left_in_the_run_folder(shared_fixture_root, tmp_path):
 
 def test_the_lock_still_keeps_a_second_writer_out(tmp_path):
     from mmad_boost.errors import MmadError
-    from mmad_boost.records import lock_records, unlock_records
+    from mmad_boost.running.records import lock_records, unlock_records
 
     path = tmp_path / "records.jsonl"
     fd = lock_records(path)
@@ -213,7 +213,7 @@ def test_limit_says_what_it_took(shared_fixture_root, tmp_path, capsys):
 
 # -- plots ---------------------------------------------------------------------------
 def _scores_without(subtask_missing: str):
-    from mmad_boost.scoring import score_records
+    from mmad_boost.protocol.scoring import score_records
 
     recs = []
     for i, qtype in enumerate(["Anomaly Detection", "Defect Classification", "Object Classification"]):
@@ -229,8 +229,8 @@ def test_radar_draws_missing_subtasks_as_gaps_not_zero(tmp_path):
     import matplotlib
 
     matplotlib.use("Agg")
-    from mmad_boost import reports
-    from mmad_boost.scoring import SUBTASKS
+    from mmad_boost.reporting import reports
+    from mmad_boost.protocol.scoring import SUBTASKS
 
     scores = _scores_without("Defect Classification")
     fig = reports.radar_figure([("run", scores)])
@@ -247,7 +247,7 @@ def test_radar_draws_missing_subtasks_as_gaps_not_zero(tmp_path):
 
 
 def test_heatmap_says_na_for_missing_subtasks(tmp_path):
-    from mmad_boost import reports
+    from mmad_boost.reporting import reports
 
     scores = _scores_without("Defect Classification")
     fig = reports.heatmap_figure(scores)
@@ -257,7 +257,7 @@ def test_heatmap_says_na_for_missing_subtasks(tmp_path):
 
 # -- progress ------------------------------------------------------------------------
 def test_stage_says_what_and_estimates_from_the_last_run(tmp_path, monkeypatch, capsys):
-    from mmad_boost import progress
+    from mmad_boost.running import progress
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     import time
@@ -279,7 +279,7 @@ def test_stage_says_what_and_estimates_from_the_last_run(tmp_path, monkeypatch, 
 def test_no_progress_silences_transformers_bars(capsys):
     from transformers.utils import logging as tlog
 
-    from mmad_boost import progress
+    from mmad_boost.running import progress
 
     assert tlog.is_progress_bar_enabled()
     with progress.quiet():
@@ -292,7 +292,7 @@ def test_no_progress_silences_transformers_bars(capsys):
 
 # -- one name per thing in Python too ------------------------------------------------
 def test_boosted_model_old_keywords_warn_and_still_work(tmp_path):
-    from mmad_boost.boosted import BoostedModel
+    from mmad_boost.boosts.boosted import BoostedModel
     from mmad_boost.errors import MmadError
 
     base = lambda images, text: "Answer: A"  # noqa: E731
@@ -313,7 +313,7 @@ def test_comparison_bars_say_na_for_missing_subtasks(tmp_path):
     import matplotlib
 
     matplotlib.use("Agg")
-    from mmad_boost.compare import compare_runs
+    from mmad_boost.reporting.compare import compare_runs
 
     def run_dir(name, qtypes):
         d = tmp_path / name

@@ -91,7 +91,7 @@ class Progress:
         self.stage, self.t0, self.last = None, 0.0, 0.0
 
     def __call__(self, stage: str, done: int, total: int) -> None:
-        from ..progress import enabled
+        from ..running.progress import enabled
 
         if not enabled():  # --no-progress
             return
@@ -111,7 +111,7 @@ def _images_in(folder: Path) -> list[Path]:
 
 
 def cmd_fit(args) -> int:
-    from ..data import load_rgb
+    from ..protocol.data import load_rgb
     from . import create_expert
     from .base import fit_and_calibrate, holdout_split
 
@@ -182,7 +182,7 @@ def evaluate(expert, bench, samples, *, viz: str = "bbox", calibrated: bool = Fa
     from PIL import Image
     from sklearn.metrics import roc_auc_score
 
-    from ..rendering import drawing_options, render
+    from .rendering import drawing_options, render
     from .base import cached_predict
 
     if calibrated and getattr(expert, "pixel_threshold", None) is None:
@@ -250,7 +250,7 @@ def _overlaps(pic, mask) -> bool:
 
 
 def cmd_eval(args) -> int:
-    from ..data import Benchmark
+    from ..protocol.data import Benchmark
 
     if args.plot and not args.calibrated:
         raise MmadError("--plot draws the calibrated operating curve: add --calibrated")
@@ -298,8 +298,8 @@ def cmd_eval(args) -> int:
 
 
 def cmd_render(args) -> int:
-    from ..data import load_mask, load_rgb
-    from ..rendering import STYLES, drawing_options, render
+    from ..protocol.data import load_mask, load_rgb
+    from .rendering import STYLES, drawing_options, render
     from .base import cached_predict
 
     expert, meta = _load(args.expert)
@@ -320,7 +320,7 @@ def cmd_render(args) -> int:
         save_image(pic.image, path)
         sentences[style] = {"file": path.name, "sentence": pic.sentence, "marked": pic.marked}
         if mode == "calibrated":  # what `eval --evidence text|both` would add to the prompt
-            from ..evidence import verdict_text
+            from ..boosts.evidence import verdict_text
 
             sentences[style]["evidence_text"] = verdict_text(out.score, getattr(expert, "image_threshold", None), out.decision, pic.region)
     write_text(dest / "sentences.json", json.dumps({"mode": mode, "score": out.score, "decision": out.decision, "pictures": sentences}, indent=1))

@@ -5,7 +5,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import MmadError
-from ..rendering import gt_binary
+from .rendering import gt_binary
 from .base import Expert
 
 

@@ -29,7 +29,7 @@ class Scored:
 
 
 def scored(key: str, image: Image.Image, amap: np.ndarray, score: float, mask, resample: str | None) -> Scored:
-    from ..rendering import resize_map, scale_image
+    from .rendering import resize_map, scale_image
 
     base = scale_image(image)
     m = resize_map(amap, base.size, resample or "bilinear")
@@ -42,7 +42,7 @@ def scored(key: str, image: Image.Image, amap: np.ndarray, score: float, mask, r
 
 def _marks(item: Scored, viz: str, image_t: float, pixel_t: float) -> tuple[bool, bool]:
     """(marked anything, marked the true mask) for the calibrated picture at these thresholds."""
-    from ..rendering import render
+    from .rendering import render
 
     pic = render(item.image, item.map, viz, mode="calibrated", pixel_threshold=pixel_t, decision=bool(item.score > image_t))
     if not pic.marked:

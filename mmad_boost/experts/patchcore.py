@@ -141,7 +141,7 @@ def foreground_mask(image: Image.Image) -> np.ndarray | None:
     size; None when the filter is skipped (under 5 % found)."""
     import cv2
 
-    from ..rendering import mmad_foreground, scale_image
+    from .rendering import mmad_foreground, scale_image
 
     fg = mmad_foreground(scale_image(image))
     return None if fg is None else cv2.resize(fg.astype(np.uint8), image.size, interpolation=cv2.INTER_NEAREST).astype(bool)

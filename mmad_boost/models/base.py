@@ -11,7 +11,7 @@ from typing import Any, Callable, Sequence
 from PIL import Image
 
 from ..errors import MmadError
-from ..prompt import IMAGE_PLACEHOLDER, Part, Prompt, Query, build_prompt
+from ..protocol.prompt import IMAGE_PLACEHOLDER, Part, Prompt, Query, build_prompt
 
 
 class MLLM:

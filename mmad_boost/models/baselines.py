@@ -5,7 +5,7 @@ import random
 import re
 
 from ..errors import MmadError
-from ..prompt import Prompt
+from ..protocol.prompt import Prompt
 from .base import MLLM
 
 _OPTION_LINE = re.compile(r"^([A-E])\. ", re.M)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from ..prompt import Prompt
+from ..protocol.prompt import Prompt
 from .base import MLLM
 
 GRID = ("top left", "top", "top right", "left", "center", "right", "bottom left", "bottom", "bottom right")
@@ -353,12 +353,12 @@ class FeatureBaseline(MLLM):
 
 
 def _load_efficientnet():
-    from ..pretrained import efficientnet_lite0
+    from ..weights import efficientnet_lite0
 
     return efficientnet_lite0()
 
 
 def _load_minilm():
-    from ..pretrained import minilm
+    from ..weights import minilm
 
     return minilm()

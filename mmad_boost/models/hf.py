@@ -16,7 +16,7 @@ from typing import Any
 from PIL import Image
 
 from ..errors import MmadError
-from ..prompt import Prompt
+from ..protocol.prompt import Prompt
 from .base import MLLM
 from .batching import MicroBatcher
 from .hf_families import check_needs, family_of, family_of_folder, processor_images

@@ -23,7 +23,7 @@ from typing import Any
 from PIL import Image
 
 from ..errors import MmadError, ModelError
-from ..prompt import Prompt
+from ..protocol.prompt import Prompt
 from .base import MLLM
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"

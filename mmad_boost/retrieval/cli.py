@@ -51,7 +51,7 @@ def register_cli(sub) -> None:
     e.add_argument("--json", action="store_true", help="also print the figures as one JSON object on the last line")
     e.set_defaults(func=cmd_eval)
 
-    from ..kb_draft import add_draft_parser  # `kb draft`: knowledge written by a model, for review (kb_draft.py)
+    from .kb_draft import add_draft_parser  # `kb draft`: knowledge written by a model, for review (kb_draft.py)
 
     add_draft_parser(kbs)
 
@@ -86,7 +86,7 @@ def cmd_build(args) -> int:
                         "pass --knowledge PATH or --mmad-knowledge FILE covering them")
     if missing:
         print(f"note: no knowledge for {', '.join(missing)}; they are left out of the KB", file=sys.stderr)
-    from ..progress import stage
+    from ..running.progress import stage
 
     refs = sum(len(imgs) for cats in found.values() for imgs in cats.values())
     with stage(f"kb build: encoding reference images with {args.encoder}" + (" and knowledge text with MiniLM" if args.text else ""),
@@ -118,7 +118,7 @@ def cmd_query(args) -> int:
     from .retriever import KnowledgeRetriever
 
     r = KnowledgeRetriever.load(args.kb)
-    from ..data import load_rgb
+    from ..protocol.data import load_rgb
 
     for img in args.images:
         res = r.retrieve(mode="image", image=load_rgb(Path(img)))  # untrusted file: one line for a damaged image or a decompression bomb
@@ -207,7 +207,7 @@ def print_confusion(conf: dict) -> None:
 
 
 def cmd_eval(args) -> int:
-    from ..data import Benchmark
+    from ..protocol.data import Benchmark
     from .retriever import IMAGE_SUFFIXES, KnowledgeRetriever
 
     r = KnowledgeRetriever.load(args.kb)

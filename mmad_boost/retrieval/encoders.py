@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import MmadError
-from ..records import file_sha256 as _hash_file
+from ..running.records import file_sha256 as _hash_file
 
 DEFAULT_IMAGE_ENCODER = "efficientnet-lite0"
 DEFAULT_TEXT_ENCODER = "minilm"
@@ -88,7 +88,7 @@ class EfficientNetLite0Encoder(_TorchImageEncoder):
     modalities = ("image",)
 
     def __init__(self, weights: str | Path | None = None):
-        from ..pretrained import efficientnet_lite0
+        from ..weights import efficientnet_lite0
 
         path = Path(weights) if weights else self.default_weights()
         if not path.is_file():
@@ -100,7 +100,7 @@ class EfficientNetLite0Encoder(_TorchImageEncoder):
 
     @staticmethod
     def default_weights() -> Path:
-        from ..pretrained import lite0_weights_file
+        from ..weights import lite0_weights_file
 
         return lite0_weights_file()
 
@@ -158,7 +158,7 @@ class MiniLMEncoder(Encoder):
     modalities = ("text",)
 
     def __init__(self, path: str | Path | None = None):
-        from ..pretrained import minilm, minilm_dir
+        from ..weights import minilm, minilm_dir
 
         path = Path(path) if path else minilm_dir()
         self.model = minilm(path)  # checks the weights file

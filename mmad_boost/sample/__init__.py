@@ -74,7 +74,7 @@ def benchmark_root(out: str | Path | None = None, *, seed: int = 0) -> Path:
     later calls reuse it. The build goes to a temporary folder that is renamed when complete, so
     an interrupted or concurrent build never leaves a half-written benchmark behind.
     """
-    from ..builder import build_benchmark
+    from ..building.builder import build_benchmark
 
     src = root()
     if out is None:
@@ -99,7 +99,7 @@ def benchmark_root(out: str | Path | None = None, *, seed: int = 0) -> Path:
 
 
 def benchmark(out: str | Path | None = None, *, seed: int = 0):
-    """The sample benchmark as a `mmad_boost.data.Benchmark` (see benchmark_root)."""
-    from ..data import Benchmark
+    """The sample benchmark as a `mmad_boost.protocol.data.Benchmark` (see benchmark_root)."""
+    from ..protocol.data import Benchmark
 
     return Benchmark(benchmark_root(out, seed=seed))

@@ -12,9 +12,9 @@ import io
 import json
 from pathlib import Path
 
-from .atomic import save_figure, write_text
-from .records import run_records
-from .scoring import EXTRA_METRICS, SUBTASKS, Scores, score_records, strict_accuracy
+from ..atomic import save_figure, write_text
+from ..running.records import run_records
+from ..protocol.scoring import EXTRA_METRICS, SUBTASKS, Scores, score_records, strict_accuracy
 from .uncertainty import CELLS as INTERVAL_COLUMNS
 from .uncertainty import score_intervals
 
@@ -232,7 +232,7 @@ def radar_figure(runs: list[tuple[str, Scores]]):
 
 def robust_scores(records) -> dict[str, Scores]:
     """The second figures a run has: "circular" (--circular) and "with judge" (--judge), each with intervals."""
-    from . import robust
+    from ..running import robust
 
     out = {}
     if robust.has_circular(records):

@@ -13,7 +13,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import MmadError
+from ..errors import MmadError
 
 COLUMNS = (
     "Anomaly Detection", "Defect Classification", "Defect Localization", "Defect Description",
@@ -183,7 +183,7 @@ class Comparison:
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
         fig.tight_layout()
         if path is not None:
-            from .atomic import save_figure
+            from ..atomic import save_figure
 
             try:
                 save_figure(fig, path, dpi=110)  # atomic: no 0-byte picture on a full disk
@@ -223,8 +223,8 @@ def compare_runs(run_dirs, labels: list[str] | None = None, *, n_boot: int = 100
     """Score each run folder (shards merged) and line up their Average rows, with bootstrap intervals
     (`n_boot` replicates; 0: none) and paired intervals for the deltas; `paper`: add published rows
     (`table2`, `all_result` or `all`)."""
-    from .records import run_records
-    from .scoring import score_records
+    from ..running.records import run_records
+    from ..protocol.scoring import score_records
     from .uncertainty import paired_delta_intervals, score_intervals
 
     dirs = [Path(d) for d in run_dirs]
@@ -260,7 +260,7 @@ def compare_runs(run_dirs, labels: list[str] | None = None, *, n_boot: int = 100
         delta_intervals = [None] + [paired_delta_intervals(all_records[0], r, **opts) for r in all_records[1:]]
     published = []
     if paper:
-        from .paper import published_results
+        from ..protocol.paper import published_results
 
         published = published_results(paper)
     return Comparison(labels=labels or _labels(dirs), values=values, counts=counts, notes=notes,
@@ -269,8 +269,8 @@ def compare_runs(run_dirs, labels: list[str] | None = None, *, n_boot: int = 100
 
 def changed_answers(run_a, run_b, question_type: str | None = None) -> tuple[int, int]:
     """(questions answered differently, questions in both runs), optionally of one subtask."""
-    from .records import run_records
-    from .scoring import latest_records, subtask_of
+    from ..running.records import run_records
+    from ..protocol.scoring import latest_records, subtask_of
 
     def answers(d):
         return {r["qid"]: r.get("gpt_answer") for r in latest_records(run_records(Path(d)))

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .errors import MmadError
-from .prompt import Prompt
+from ..errors import MmadError
+from ..protocol.prompt import Prompt
 
 NORMAL_ASK = (
     "You are helping write an inspection guide. The {n} images above show normal, defect-free {what} from a "
@@ -120,7 +120,7 @@ def _ask(model, images: list[Image.Image], text: str, where: str) -> str:
 
 
 def draft_category(bench, model, dataset: str, category: str, *, model_spec: str, normals: int = 3, per_defect: int = 2) -> str:
-    from .retrieval.knowledge import knowledge_dataset
+    from .knowledge import knowledge_dataset
 
     files, defects = category_plan(bench, dataset, category, normals, per_defect)
     what = f"{category.replace('_', ' ')} products"
@@ -143,8 +143,8 @@ def draft_category(bench, model, dataset: str, category: str, *, model_spec: str
 
 def draft_knowledge(bench, model, out: Path, *, model_spec: str, normals: int = 3, per_defect: int = 2, log=print) -> dict:
     """One draft file per category under OUT/<dataset>/<category>.toml; reviewed files are kept. Returns {"written": [...], "kept": [...]}."""
-    from .atomic import write_text
-    from .retrieval.knowledge import load_category_file
+    from ..atomic import write_text
+    from .knowledge import load_category_file
 
     out = Path(out)
     cats = sorted({(s.dataset, s.category) for s in bench.samples})
@@ -178,9 +178,9 @@ def add_draft_parser(kbs) -> None:
 
 
 def cmd_draft(args) -> int:
-    from .cli import _model_options
-    from .data import Benchmark
-    from .models import create_model
+    from ..cli import _model_options
+    from ..protocol.data import Benchmark
+    from ..models import create_model
 
     for flag, v in (("--normals", args.normals), ("--per-defect", args.per_defect)):
         if v < 1:

@@ -14,7 +14,7 @@ MAX_REGIONS = 3  # the largest regions named; the rest are counted
 
 def grid_cell(x: float, y: float, width: int, height: int) -> str:
     """Nine-grid name of a point, cells split at thirds as question_gen.grid_shares does."""
-    from .question_gen import GRID
+    from ..building.question_gen import GRID
 
     col = min(2, int(3 * x / max(1, width)))
     row = min(2, int(3 * y / max(1, height)))

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from .parsing import parse_answer, parse_strict
-from .prompt import Prompt, build_prompt
+from ..protocol.parsing import parse_answer, parse_strict
+from ..protocol.prompt import Prompt, build_prompt
 
 _VALID = set("ABCDE")
 JUDGE_INSTRUCTION = (
@@ -134,12 +134,12 @@ def judge_from_options(spec: str | None, options: list[str]):
     """The --judge model from its SPEC and --judge-option KEY=VALUE items (None without a SPEC)."""
     if not spec:
         if options:
-            from .errors import MmadError
+            from ..errors import MmadError
 
             raise MmadError("--judge-option needs --judge SPEC")
         return None
-    from .errors import MmadError
-    from .models import create_model
+    from ..errors import MmadError
+    from ..models import create_model
 
     opts = {}
     for kv in options:

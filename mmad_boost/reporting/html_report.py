@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
-from .errors import MmadError
-from .resources import html_assets
+from ..errors import MmadError
+from ..resources import html_assets
 
 FILES_DIR = "report_files"
 PAGE_SIZE = 50
@@ -42,15 +42,15 @@ class _Run:
 
 
 def _load_run(run_dir: Path, data_root: Path | None) -> _Run:
-    from .records import run_records
-    from .scoring import latest_records, score_records
+    from ..running.records import run_records
+    from ..protocol.scoring import latest_records, score_records
 
     if not run_dir.is_dir():
         raise MmadError(f"run folder {run_dir} not found; pass the --out folder of `mmad-boost eval`")
     meta = {}
     run_file = run_dir / "run.json"
     if run_file.exists():
-        from .records import read_run_file
+        from ..running.records import read_run_file
 
         meta = read_run_file(run_file)  # one line naming the file when it is not the expected object
     root = data_root or (Path(meta["data_root"]) if isinstance(meta.get("data_root"), str) and meta["data_root"] else None)
@@ -115,7 +115,7 @@ class _Images:
                 im.draft("RGB", (px, px))  # JPEG: decode at reduced size, much faster
                 im = im.convert("RGB")
                 im.thumbnail((px, px))
-                from .atomic import save_image
+                from ..atomic import save_image
 
                 save_image(im, dst, format="JPEG", quality=82)
             return True
@@ -131,7 +131,7 @@ class _Images:
         names = [self._thumb_name(src, px) for src, _, px in self.sources]
         todo = [i for i, n in enumerate(names) if not (self.files_dir / n).exists()]
         ok = [True] * len(names)
-        from .progress import bar as progress_bar, say
+        from ..running.progress import bar as progress_bar, say
 
         if progress and todo:
             say(f"report: making {len(todo)} thumbnails ({len(names) - len(todo)} reused from earlier reports)")
@@ -322,7 +322,7 @@ def _scores_table(rows: dict, columns, labels, intervals=None) -> str:
 
 def _summary_table(runs: list[_Run], questions: list[dict]) -> str:
     from .reports import SHORT, fmt
-    from .scoring import SUBTASKS
+    from ..protocol.scoring import SUBTASKS
 
     cols = ("Average",) + SUBTASKS  # Avg first: the one number per run is never off screen
     head = "".join(f"<th>{SHORT[c]}</th>" for c in cols)
@@ -371,7 +371,7 @@ def _link_img(src: str | None, alt: str, cls: str, caption: str | None = None) -
 
 def _header(runs: list[_Run], questions: list[dict], heatmaps: list[str | None], radar: str | None) -> str:
     from .reports import SHORT
-    from .scoring import SUBTASKS
+    from ..protocol.scoring import SUBTASKS
 
     parts = ["<section id=\"scores\">"]
     parsers = sorted({str(r.scores.parser) for r in runs if r.scores.parser})
@@ -485,7 +485,7 @@ def write_html_report(
         },
     )
     target = out_dir / "report.html"
-    from .atomic import write_text
+    from ..atomic import write_text
 
     write_text(target, page)
     return target
@@ -495,7 +495,7 @@ def write_html_report(
 def cmd_report(args) -> int:
     dirs = [Path(d) for d in args.run_dirs]
     if not args.html:
-        from .cli import _print_scores
+        from ..cli import _print_scores
 
         for d in dirs:
             if not d.is_dir():

@@ -20,8 +20,8 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable
 
-from .data import Benchmark, Question, Sample
-from .errors import MmadError
+from ..protocol.data import Benchmark, Question, Sample
+from ..errors import MmadError
 from .records import RecordWriter, unlock_records
 from .runner import ErrorStreak, Runner, RunSummary, _ImageCache, _progress, in_shard
 
@@ -50,7 +50,7 @@ class ImageWorker:
         if factory is not None:
             model = factory()
         elif isinstance(model, str):
-            from .models import create_model
+            from ..models import create_model
 
             model = create_model(model)
         self.runner = Runner(bench, model, out, **runner_kwargs)

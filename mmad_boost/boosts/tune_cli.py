@@ -6,11 +6,11 @@ import sys
 from datetime import date
 from pathlib import Path
 
-from .errors import MmadError
+from ..errors import MmadError
 
 
 def register_cli(sub) -> None:
-    from .settings import SETTING_HELP
+    from ..protocol.settings import SETTING_HELP
 
     p = sub.add_parser("tune", help="choose per subtask which boosts to apply, on a dev part of the images; report on the rest")
     p.add_argument("--data", required=True, help="data root (images under MMAD's key layout)")
@@ -79,9 +79,9 @@ def eval_flags(args) -> str:
 
 
 def cmd_tune(args) -> int:
-    from .cli import _model_options
-    from .data import Benchmark
-    from .models import create_model
+    from ..cli import _model_options
+    from ..protocol.data import Benchmark
+    from ..models import create_model
     from .tune import report_markdown, tune, write_route
 
     if not 0 < args.confidence < 1:
@@ -116,7 +116,7 @@ def cmd_tune(args) -> int:
               "Evidence (dev part only) is in [tuning]; the test part's report is in " + str(work / "report.md")]
     write_route(out, result, header)
     md = report_markdown(result)
-    from .atomic import write_json, write_text
+    from ..atomic import write_json, write_text
 
     write_text(work / "report.md", md)
     rep = result["report"]

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .scoring import SUBTASKS, is_normal_image, latest_records, subtask_of
+from ..protocol.scoring import SUBTASKS, is_normal_image, latest_records, subtask_of
 
 CELLS = SUBTASKS + ("Average", "Overkill", "Miss")  # the columns that get an interval
 _KEYS = ("normal", "abnormal") + SUBTASKS[1:]  # what is counted per image: AD split by image kind

@@ -16,7 +16,7 @@ from typing import Iterable
 import numpy as np
 from PIL import Image
 
-from .errors import MmadError
+from ..errors import MmadError
 
 QUESTION_TYPES = (
     "Anomaly Detection",
@@ -424,6 +424,6 @@ def load_mask(path: Path) -> np.ndarray:
         raise MmadError(f"mask {path} cannot be read ({type(e).__name__}); replace the file") from None
     if a.ndim == 3:
         a = a.max(axis=2)
-    from .rendering import gt_binary
+    from ..experts.rendering import gt_binary
 
     return gt_binary(a) > 0

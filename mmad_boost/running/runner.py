@@ -15,14 +15,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .data import Benchmark, Question, Sample, check_image_file
-from .errors import MmadError
-from .models.base import as_model
-from .parsing import PARSERS, parse_answer
-from .prompt import Query, SampleInfo, build_prompt, shuffle_options
+from ..protocol.data import Benchmark, Question, Sample, check_image_file
+from ..errors import MmadError
+from ..models.base import as_model
+from ..protocol.parsing import PARSERS, parse_answer
+from ..protocol.prompt import Query, SampleInfo, build_prompt, shuffle_options
 from .robust import ask_judge, ask_rotations, identity_extra
 from .records import RecordWriter, check_run_config, clean_text, file_sha256, lock_records, read_records, records_name, rewrite_records, unlock_records
-from .settings import Setting, parse_setting
+from ..protocol.settings import Setting, parse_setting
 
 
 @dataclass
@@ -203,7 +203,7 @@ class Runner:
 
     # -- identity ----------------------------------------------------------
     def identity(self) -> dict:
-        from .models.base import model_config
+        from ..models.base import model_config
 
         cfg = model_config(self.model) if hasattr(self.model, "config") or hasattr(self.model, "mmad_code") else {"name": self.model_name}
         return {

@@ -98,7 +98,7 @@ def say(message: str) -> None:
 
 def _rates_file() -> Path | None:
     """Past seconds per unit of each step kind; None when caches are off (MMAD_BOOST_CACHE_DIR=0)."""
-    from .resources import cache_dir
+    from ..resources import cache_dir
 
     d = cache_dir("progress")
     return d / "step-rates.json" if d else None
@@ -121,8 +121,8 @@ def estimate_s(kind: str, units: int) -> float | None:
 
 
 def _save_rate(kind: str, seconds_per_unit: float) -> None:
-    from .atomic import write_text
-    from .errors import MmadError
+    from ..atomic import write_text
+    from ..errors import MmadError
 
     try:
         path = _rates_file()

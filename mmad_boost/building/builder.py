@@ -14,7 +14,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import MmadError
+from ..errors import MmadError
 
 DEFAULT_TEMPLATES = 8
 
@@ -48,7 +48,7 @@ class _Checked:
 
 
 def _load_checked(im, ranker, problems):
-    from .data import load_mask
+    from ..protocol.data import load_mask
     from PIL import Image
 
     try:
@@ -159,7 +159,7 @@ def build_benchmark(
             counts[t] = counts.get(t, 0) + n
     _write_files(out, dataset, [c.image for c in checked if c.image.key(dataset) in data] + written_templates, link)
     qfile = out / "mmad.json"
-    from .atomic import write_text
+    from ..atomic import write_text
 
     write_text(qfile, json.dumps(data, indent=1, ensure_ascii=False))
     return BuildSummary(out, qfile, len(data), len(written_templates), counts, sorted({k.split("/")[1] for k in data}), problems.skipped, no_loc)
@@ -222,7 +222,7 @@ def _read_extra(path: Path) -> list[tuple[str, dict]]:
 
 def merge_extra_questions(data: dict, path: Path, source_to_key: dict[str, str]) -> dict[str, int]:
     """Appends the user's questions to the images they name (MMAD key or source-relative path)."""
-    from .data import QUESTION_TYPES, parse_question
+    from ..protocol.data import QUESTION_TYPES, parse_question
 
     counts: dict[str, int] = {}
     for img, q in _read_extra(path):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from .errors import MmadError
+from ..errors import MmadError
 
 METHODS = ("ssim-hist", "embedding")
 THUMB = 128  # SSIM thumbnail side: all images are compared at the same square size
@@ -92,7 +92,7 @@ class EmbeddingModel:
 
 
 def load_efficientnet_lite0():
-    from .pretrained import efficientnet_lite0
+    from ..weights import efficientnet_lite0
 
     return efficientnet_lite0()
 

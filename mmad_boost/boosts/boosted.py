@@ -14,9 +14,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from .errors import MmadError
-from .models.base import MLLM, as_model, query_from_hand
-from .prompt import Prompt, Query, build_prompt
+from ..errors import MmadError
+from ..models.base import MLLM, as_model, query_from_hand
+from ..protocol.prompt import Prompt, Query, build_prompt
 
 RETRIEVAL_MODES = ("oracle", "image")
 STYLES = ("bbox", "contour", "highlight", "mask", "heatmap")
@@ -87,7 +87,7 @@ class BoostedModel(MLLM):
         if holdout is not None and not 0 < float(holdout) < 1:
             raise MmadError(f"holdout {holdout}: use the fraction (between 0 and 1) of each category's normal images kept for calibration, or None (all normals, each scored unseen)")
         self.holdout = None if holdout is None else float(holdout)
-        from .experts.base import check_false_marks
+        from ..experts.base import check_false_marks
 
         self.false_marks = None if false_marks is None else check_false_marks(false_marks)
         if evidence not in EVIDENCE:
@@ -134,7 +134,7 @@ class BoostedModel(MLLM):
         return "+".join(parts)
 
     def config(self) -> dict:
-        from .models.base import model_config
+        from ..models.base import model_config
 
         base_cfg = model_config(self.base)
         cfg: dict = {"name": "boosted", "base": base_cfg, "rag": None, "expert": None}
@@ -241,7 +241,7 @@ class BoostedModel(MLLM):
 
     # -- expert ----------------------------------------------------------------
     def _add_expert_picture(self, q: Query, category_hint: tuple | None, timings: dict) -> None:
-        from .rendering import drawing_options, render
+        from ..experts.rendering import drawing_options, render
 
         info = q.info
         t0 = time.perf_counter()
@@ -256,7 +256,7 @@ class BoostedModel(MLLM):
                 raise MmadError(f"expert {getattr(expert, 'name', 'few-shot')} fits on the template images: give normal images before the query image, or use a 1-shot or k-shot setting")
             kwargs["templates"] = q.templates
         if self.cache_dir is not None:  # maps stored per (expert state, image): reruns cost no inference
-            from .experts.base import cached_predict
+            from ..experts.base import cached_predict
 
             out = cached_predict(expert, q.image, self.cache_dir / "maps", **kwargs)
         else:
@@ -299,7 +299,7 @@ class BoostedModel(MLLM):
             return None
         rel = Path("pictures") / Path(info.key).with_suffix(".png")
         path = Path(info.run_dir) / rel
-        from .atomic import save_image
+        from ..atomic import save_image
 
         save_image(image, path, format="PNG")  # atomic, unique temporary name per writer
         return rel.as_posix()
@@ -312,7 +312,7 @@ class BoostedModel(MLLM):
         probe = self._probe_expert()
         info = q.info
         root = info.data_root if info else None
-        from .experts.base import learns_from_normals
+        from ..experts.base import learns_from_normals
 
         needs_fit = learns_from_normals(probe)
         if not needs_fit and (not self.calibrated or getattr(probe, "image_threshold", None) is not None):
@@ -338,7 +338,7 @@ class BoostedModel(MLLM):
 
     def expert_for_category(self, data_root: str | os.PathLike, dataset: str, category: str):
         """The expert this model uses for a category of a benchmark (fitting it if needed), e.g. to render by hand."""
-        from .prompt import SampleInfo
+        from ..protocol.prompt import SampleInfo
 
         info = SampleInfo(dataset=dataset, category=category, data_root=str(data_root))
         probe_query = Query(question="", options={}, image=None, info=info)  # type: ignore[arg-type]
@@ -346,7 +346,7 @@ class BoostedModel(MLLM):
 
     def _prefitted(self, q: Query, category_hint: tuple | None):
         """From a folder of fitted experts laid out DATASET/CATEGORY/expert.json (e.g. `experts/`)."""
-        from .experts import load_expert
+        from ..experts import load_expert
 
         info = q.info
         key = (info.dataset, info.category) if info and info.category else category_hint
@@ -373,7 +373,7 @@ class BoostedModel(MLLM):
     def _probe_expert(self):
         with self._guard:
             if self._probe is None:
-                from .experts import create_expert
+                from ..experts import create_expert
 
                 self._probe = create_expert(self._expert_name, **self.expert_options)
             return self._probe
@@ -381,7 +381,7 @@ class BoostedModel(MLLM):
     def _probe_fewshot(self):
         with self._guard:
             if getattr(self, "_fewshot", None) is None:
-                from .experts import create_expert
+                from ..experts import create_expert
 
                 self._fewshot = create_expert("patchcore-fewshot", **self.expert_options)
             return self._fewshot
@@ -393,8 +393,8 @@ class BoostedModel(MLLM):
         calibration), so runs share it: in memory within a process, on disk under the cache folder
         (`cache_dir`, else `<run_dir>/experts`).
         """
-        from .data import load_rgb
-        from .experts import create_expert, load_expert
+        from ..protocol.data import load_rgb
+        from ..experts import create_expert, load_expert
 
         key = (self._expert_name, repr(sorted(self.expert_options.items())), self.holdout, self.false_marks, str(root.resolve()), dataset, category)
         with _FITTED_GUARD:
@@ -413,7 +413,7 @@ class BoostedModel(MLLM):
             return expert
 
     def _fit_new(self, folder: Path, load_rgb, create_expert):
-        from .experts.base import DEFAULT_FALSE_MARKS, fit_and_calibrate, holdout_split, learns_from_normals
+        from ..experts.base import DEFAULT_FALSE_MARKS, fit_and_calibrate, holdout_split, learns_from_normals
 
         files = sorted(f for f in folder.iterdir() if f.suffix.lower() in _IMAGE_SUFFIXES) if folder.is_dir() else []
         expert = create_expert(self._expert_name, **self.expert_options)
@@ -421,11 +421,11 @@ class BoostedModel(MLLM):
         if (learns_from_normals(expert) and not fit_files) or (self.calibrated and len(fit_files) + len(cal_files) < 2):
             need = "at least 2, to fit and calibrate" if self.calibrated else "at least 1"
             raise MmadError(f"{folder}: expert {self._expert_name} needs normal training images here ({need}); add them or pass a fitted expert folder")
-        from .progress import enabled, stage
+        from ..running.progress import enabled, stage
 
         steps = {}
         if enabled():  # the expert's own steps (features, coreset, calibration) with time left
-            from .experts.cli import Progress
+            from ..experts.cli import Progress
 
             steps["progress"] = Progress()
         what = f"fitting expert {self._expert_name} for {folder.parent.parent.parent.name}/{folder.parent.parent.name} (once per category; kept for reruns)"
@@ -437,7 +437,7 @@ class BoostedModel(MLLM):
     @classmethod
     def from_cli(cls, base: Any, args) -> "BoostedModel":
         """The eval flags --rag --kb --mmad-knowledge --retrieval --expert --viz --calibrated."""
-        from .cli import check_boost_flags
+        from ..cli import check_boost_flags
 
         check_boost_flags(args)
         kb = getattr(args, "kb", None)
@@ -475,7 +475,7 @@ def _make_retriever(rag: Any, knowledge, mmad_knowledge) -> tuple[Any, str | Non
         path = Path(mmad_knowledge)
         if not path.is_file():
             raise MmadError(f"{path}: MMAD knowledge file not found; pass the path of MMAD's domain_knowledge.json")
-        from .retrieval import KnowledgeRetriever
+        from ..retrieval import KnowledgeRetriever
 
         return KnowledgeRetriever.from_mmad_file(path), f"mmad:{path}"
     if knowledge and rag in (False, None, True):
@@ -483,14 +483,14 @@ def _make_retriever(rag: Any, knowledge, mmad_knowledge) -> tuple[Any, str | Non
     if rag is False or rag is None:
         return None, None
     if rag is True:
-        from .retrieval import KnowledgeRetriever
+        from ..retrieval import KnowledgeRetriever
 
         return KnowledgeRetriever.default(), "default"
     if isinstance(rag, (str, os.PathLike)):
         path = Path(rag)
         if not path.exists():
             raise MmadError(f"{path}: knowledge base not found; pass a folder built by `mmad-boost kb build`, a knowledge folder/file, or rag=True")
-        from .retrieval import KnowledgeRetriever
+        from ..retrieval import KnowledgeRetriever
 
         return KnowledgeRetriever.load(path), str(path)
     if callable(getattr(rag, "retrieve", None)):
@@ -507,7 +507,7 @@ def _resolve_expert(expert: Any) -> tuple[Any, str | None, str | None]:
     if isinstance(expert, (str, os.PathLike)):
         path = Path(expert)
         if path.is_dir():
-            from .experts import load_expert
+            from ..experts import load_expert
 
             return load_expert(path), None, f"folder:{path}"
         name = str(expert)

@@ -11,7 +11,7 @@ import io
 import json
 from dataclasses import dataclass
 
-from .errors import MmadError
+from ..errors import MmadError
 
 TABLES = ("table2", "all_result", "all")  # choices of `compare --paper`
 _TABLE_NAMES = {"table2": "paper Table 2", "all_result": "all_result"}
@@ -40,7 +40,7 @@ def published_results(table: str = "all") -> list[Published]:
     """Shipped published entries: `table2`, `all_result`, or `all`."""
     if table not in TABLES:
         raise MmadError(f"--paper {table!r}: use one of {', '.join(TABLES)}")
-    from .resources import shipped
+    from ..resources import shipped
 
     path = shipped("paper_data") / "mmad_published.json"
     data = json.loads(path.read_text(encoding="utf-8"))

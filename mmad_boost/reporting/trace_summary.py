@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 
-from .scoring import is_normal_image
+from ..protocol.scoring import is_normal_image
 
 
 def _per_image(records: list[dict]) -> dict[str, tuple[dict, dict]]:

@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from .errors import MmadError
+from ..errors import MmadError
 
 STYLES = ("bbox", "contour", "highlight", "mask", "heatmap")
 MODES = ("faithful", "calibrated")

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 
 from .data import Benchmark, Sample
-from .errors import MmadError
+from ..errors import MmadError
 
 SETTING_HELP = "0-shot | 1-shot | 1-shot+ | k-shot:K (or K-shot) | in-context:N"
 
@@ -23,7 +23,7 @@ class Setting:
         most similar normal images of the sample's category (train/good), ranked by retrieval/templates.py."""
         pool = sample.similar_templates if self.similar else sample.random_templates
         if self.similar and len(pool) < self.shots and bench is not None:
-            from .retrieval.templates import similar_normals
+            from ..retrieval.templates import similar_normals
 
             pool = similar_normals(bench, sample, self.shots)
         if len(pool) < self.shots:

@@ -12,8 +12,8 @@ import os
 import threading
 from pathlib import Path
 
-from .atomic import atomic_open, write_bytes
-from .errors import MmadError
+from ..atomic import atomic_open, write_bytes
+from ..errors import MmadError
 
 RUN_FILE = "run.json"
 

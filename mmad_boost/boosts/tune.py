@@ -25,9 +25,9 @@ import json
 import random
 from pathlib import Path
 
-from .errors import MmadError
+from ..errors import MmadError
 from .routing import Choice, Route, route_toml
-from .scoring import SUBTASKS
+from ..protocol.scoring import SUBTASKS
 
 NONE, ALL_ON = "none", "all-on"
 RULES = ("beyond-noise", "not-harmful")
@@ -81,8 +81,8 @@ def _allowed(cands: list[tuple], boosts: tuple[str, ...], deltas: dict, st: str,
 def choose_route(dev: dict[tuple, list], boosts: tuple[str, ...], *, n_boot: int, confidence: float, seed: int,
                  rule: str = "beyond-noise") -> tuple[Route, dict]:
     """The routing and its evidence, from dev records per combination (keys: tuples of boost names)."""
-    from .scoring import score_records
-    from .uncertainty import format_interval, noise_word, paired_delta_intervals
+    from ..protocol.scoring import score_records
+    from ..reporting.uncertainty import format_interval, noise_word, paired_delta_intervals
 
     score = {c: score_records(recs).rows.get("Average", {}) for c, recs in dev.items()}
     deltas = {}
@@ -115,7 +115,7 @@ def _images(d) -> int:
 
 
 def _recorded(run_dir: Path) -> set:
-    from .records import read_records
+    from ..running.records import read_records
 
     path = run_dir / "records.jsonl"
     return {r.get("qid") for r in read_records(path) if not r.get("error")} if path.is_file() else set()
@@ -133,9 +133,9 @@ def tune(bench, base, work: str | Path, *, boost_options: dict, boosts: tuple[st
     images, `shuffle_seed` orders the options (kept apart, so another split reuses every cached response).
     Returns the result dict."""
     from .boosted import BoostedModel
-    from .records import run_records
-    from .response_cache import CachedModel
-    from .runner import Runner
+    from ..running.records import run_records
+    from ..running.response_cache import CachedModel
+    from ..running.runner import Runner
 
     if rule not in RULES:
         raise MmadError(f"rule {rule!r}: use one of {', '.join(RULES)}")
@@ -201,8 +201,8 @@ def tune(bench, base, work: str | Path, *, boost_options: dict, boosts: tuple[st
 
 def test_report(test: dict[str, list], *, n_boot: int, confidence: float, seed: int) -> dict:
     """Scores with intervals on the test part for none / all-on / tuned, and the tuned routing's paired deltas."""
-    from .scoring import score_records
-    from .uncertainty import noise_word, paired_delta_intervals, score_intervals
+    from ..protocol.scoring import score_records
+    from ..reporting.uncertainty import noise_word, paired_delta_intervals, score_intervals
 
     rows = {}
     for name, recs in test.items():
@@ -220,7 +220,7 @@ def test_report(test: dict[str, list], *, n_boot: int, confidence: float, seed: 
 
 
 def report_markdown(result: dict) -> str:
-    from .uncertainty import format_interval
+    from ..reporting.uncertainty import format_interval
 
     rep = result["report"]
     cols = [c for c in SUBTASKS + ("Average",) if all(c in r for r in rep["rows"].values())]
@@ -243,7 +243,7 @@ def report_markdown(result: dict) -> str:
 
 
 def write_route(path: Path, result: dict, header: list[str]) -> None:
-    from .atomic import write_text
+    from ..atomic import write_text
 
     rules = {"beyond-noise": "a boost is kept for a subtask only when its paired bootstrap interval on dev is above zero",
              "not-harmful": "a boost is left out of a subtask only when its paired bootstrap interval on dev is below zero"}

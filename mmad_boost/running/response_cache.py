@@ -17,8 +17,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from .models.base import MLLM, model_config
-from .prompt import Prompt
+from ..models.base import MLLM, model_config
+from ..protocol.prompt import Prompt
 
 
 def prompt_key(prompt: Prompt, identity: dict) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 import re
 
-from .errors import MmadError
+from ..errors import MmadError
 
 PARSERS = ("strict", "mmad")
 # Parsing is linear and bounded: a response longer than this is read as its first and last halves

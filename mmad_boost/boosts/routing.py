@@ -26,8 +26,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .errors import MmadError
-from .scoring import SUBTASKS, subtask_of
+from ..errors import MmadError
+from ..protocol.scoring import SUBTASKS, subtask_of
 
 EXPERT_VALUES = (True, False, "picture", "text", "both")
 _FIELDS = ("knowledge", "expert", "templates")
@@ -52,7 +52,7 @@ def type_key(name: str) -> str:
     """A route key: an MMAD subtask name, or a question type (long name, alias or prefix)."""
     if name in SUBTASKS:
         return name
-    from .data import question_type
+    from ..protocol.data import question_type
 
     return question_type(name)
 

@@ -1,0 +1,1 @@
+"""Building an MMAD-format benchmark from a labelled image tree."""

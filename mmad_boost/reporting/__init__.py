@@ -1,0 +1,1 @@
+"""Reports of finished runs: score tables, intervals, comparisons, the HTML report."""

@@ -1,0 +1,1 @@
+"""Running a benchmark: the run loop and its executors, run folders and records, progress."""
