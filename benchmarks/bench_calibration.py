@@ -116,10 +116,10 @@ def main() -> int:
     if args.folds:
         import torch
 
-        from mmad_boost.experts.cli import _options
+        from mmad_boost.registry import option_pairs
 
         torch.set_num_threads(1)
-        rows = fold_study(args.categories, args.folds, args.false_marks, args.viz, _options(args.option))
+        rows = fold_study(args.categories, args.folds, args.false_marks, args.viz, option_pairs(args.option))
         print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; patchcore defaults {args.option or ''}; "
               f"{args.folds} folds x 5 test normals + 15 defects per category; calibrated at {args.false_marks:g} on each fold's 20 training normals")
         print_fold_table(rows, args.false_marks)

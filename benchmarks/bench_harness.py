@@ -32,6 +32,7 @@ from visa_bench import make_visa_bench  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from mmad_boost.protocol.data import Benchmark  # noqa: E402
+from mmad_boost.protocol.keys import LETTERS  # noqa: E402
 from mmad_boost.models.base import MLLM  # noqa: E402
 from mmad_boost.protocol.prompt import MMAD_INSTRUCTION  # noqa: E402
 from mmad_boost.running.records import read_records  # noqa: E402
@@ -67,8 +68,8 @@ def mmad_style_loop(root: Path, qfile: Path, answer, out_file: Path) -> int:
             templates = [Image.open(root / t).convert("RGB") for t in entry["random_templates"][:1]]
             texts = list(q["Options"].values())
             random.Random(f"{key}{i}").shuffle(texts)
-            options = dict(zip("ABCDE", texts))
-            correct = "ABCDE"[texts.index(q["Options"][q["Answer"]])]
+            options = dict(zip(LETTERS, texts))
+            correct = LETTERS[texts.index(q["Options"][q["Answer"]])]
             prompt = (
                 MMAD_INSTRUCTION + "\nFollowing is 1 normal sample image as a template.\n<image>\n"
                 "Following is the query image:\n<image>\n" + q["Question"] + "\n" + "\n".join(f"{k}. {v}" for k, v in options.items())

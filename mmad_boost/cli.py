@@ -54,7 +54,7 @@ def _type_help() -> str:
     return f"only this question type (repeatable; default: all): {names}; any unambiguous prefix works"
 
 
-STYLE_CHOICES = ["bbox", "contour", "highlight", "mask", "heatmap"]
+VIZ_CHOICES = ["bbox", "contour", "highlight", "mask", "heatmap"]  # --viz: how the expert's map is drawn (experts.rendering.STYLES)
 
 
 def _add_eval(sub) -> None:
@@ -96,7 +96,7 @@ def _add_eval(sub) -> None:
                    help="how the image's category is found: oracle (from the question file) or image (the query image searches the KB); "
                    "default auto, recorded as 'auto' in run.json: oracle whenever the category is known, as in every benchmark run")
     p.add_argument("--expert", help="expert agent: patchcore, patchcore-fewshot, gt, anomalyclip, anomalib:<Model>, or a fitted expert FOLDER (default: none)")
-    p.add_argument("--viz", default=None, choices=STYLE_CHOICES, help="how the expert's map is drawn: bbox, contour, highlight, mask or heatmap (default bbox; needs --expert)")
+    p.add_argument("--viz", default=None, choices=VIZ_CHOICES, help="how the expert's map is drawn: bbox, contour, highlight, mask or heatmap (default bbox; needs --expert)")
     p.add_argument("--calibrated", action="store_true", help="calibrated expert: draw only what it believes, nothing on images judged normal (default: faithful, as MMAD; needs --expert)")
     p.add_argument("--false-marks", type=float, default=None, metavar="RATE",
                    help="target share of normal images the calibrated expert marks, a fraction in (0, 1) (default 0.1, or the rate a FOLDER was fitted at; needs --calibrated)")
@@ -116,12 +116,10 @@ def _add_eval(sub) -> None:
 
 
 def _model_options(args) -> dict:
-    opts = {}
-    for kv in args.model_option:
-        k, sep, v = kv.partition("=")
-        if not sep:
-            raise MmadError(f"--model-option {kv!r}: use KEY=VALUE")
-        opts[k] = v
+    """--model-option pairs (strings; the model's factory converts them by its signature) and the URL flags."""
+    from .registry import option_pairs
+
+    opts = option_pairs(args.model_option, "--model-option")
     if args.base_url:
         opts["base_url"] = args.base_url
     if args.api_key_env:
@@ -149,10 +147,23 @@ def build_model(args):
     if getattr(args, "route", None) and not (args.rag or args.expert or args.kb or args.mmad_knowledge):
         raise MmadError("--route needs the boosts it chooses among: add --rag and/or --expert NAME (the flags the route was tuned with)")
     if args.rag or args.expert or args.kb or args.mmad_knowledge or args.retrieval or args.calibrated or args.viz:
-        from .boosts.boosted import BoostedModel
-
-        model = BoostedModel.from_cli(model, args)
+        model = boosted_from_args(model, args)
     return model
+
+
+def boosted_from_args(base, args):
+    """A BoostedModel from the eval flags --rag --kb --mmad-knowledge --retrieval --expert --viz --calibrated
+    --false-marks --evidence --route (flags that need another one are refused first)."""
+    from .boosts.boosted import BoostedModel
+
+    check_boost_flags(args)
+    kb, mmad_knowledge = getattr(args, "kb", None), getattr(args, "mmad_knowledge", None)
+    return BoostedModel(
+        base, rag=bool(getattr(args, "rag", False) or kb or mmad_knowledge), retrieval=getattr(args, "retrieval", None),
+        expert=getattr(args, "expert", None), viz=getattr(args, "viz", None) or "bbox", calibrated=bool(getattr(args, "calibrated", False)),
+        false_marks=getattr(args, "false_marks", None), evidence=getattr(args, "evidence", None) or "picture",
+        kb=kb, mmad_knowledge=mmad_knowledge, route=getattr(args, "route", None),
+    )
 
 
 def cmd_eval(args) -> int:

@@ -374,7 +374,7 @@ def test_partial_folder_fails_fast_naming_the_file(tmp_path, remove):
 def test_bad_batch_options(tmp_path):
     with pytest.raises(MmadError, match="batch_size"):
         create_model(f"hf:{tmp_path}", batch_size="0")
-    with pytest.raises(MmadError, match="not valid"):
+    with pytest.raises(MmadError, match="hf model option batch_size='many': use a whole number"):
         create_model(f"hf:{tmp_path}", batch_size="many")
 
 

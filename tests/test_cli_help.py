@@ -120,12 +120,12 @@ def test_expert_drawing_flags_without_expert_are_refused(shared_fixture_root, tm
 
 
 def test_retrieval_help_matches_what_run_json_records():
-    from mmad_boost.boosts.boosted import BoostedModel
+    from mmad_boost.cli import boosted_from_args
 
     parser = make_parser()
     sub = dict((" ".join(p), s) for p, s, _ in _walk(parser))["eval"]
     action = next(a for a in sub._actions if "--retrieval" in a.option_strings)
     assert "default auto" in action.help and "recorded as 'auto'" in action.help
     args = parser.parse_args(["eval", "--data", "d", "--model", "baseline:random", "--rag", "--out", "o"])
-    model = BoostedModel.from_cli(lambda images, text: "A", args)  # what Runner stores in run.json
+    model = boosted_from_args(lambda images, text: "A", args)  # what Runner stores in run.json
     assert model.config()["rag"]["retrieval"] == "auto"

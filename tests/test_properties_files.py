@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, event, given, settings, strategies as st
 
 from mmad_boost.protocol.data import Benchmark
 from mmad_boost.errors import MmadError
-from mmad_boost.experts.base import load_expert
+from mmad_boost.experts import load_expert
 from mmad_boost.running.records import read_records, run_records
 from mmad_boost.running.runner import Runner
 from reliability2_support import eval_args, partial_files, qids_once, run_cli

@@ -148,13 +148,13 @@ def test_pickled_arrays_are_never_executed(tmp_path):
 
 @pytest.mark.slow  # imports torch
 def test_pickled_backbone_weights_are_refused(tmp_path):
-    from mmad_boost.experts.backbones import _read_state
+    from mmad_boost.weights import read_state
 
     marker = tmp_path / "pwned.txt"
     f = tmp_path / "weights.pth"
     f.write_bytes(pickle.dumps(_Boom(marker), protocol=2))  # a plain pickle, as an attacker would ship
     with pytest.raises(MmadError, match="weights.pth"):
-        _read_state(f)
+        read_state(f)
     assert not marker.exists()
 
 

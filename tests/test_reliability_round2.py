@@ -19,7 +19,7 @@ from http_faults import KEY, Reply, ScriptedServer, completion
 from mmad_boost import atomic
 from mmad_boost.protocol.data import Benchmark, check_image_file
 from mmad_boost.errors import MmadError, ModelError
-from mmad_boost.experts.base import load_expert
+from mmad_boost.experts import load_expert
 from mmad_boost.models.openai_api import OpenAIChatModel, _retry_after
 from mmad_boost.protocol.parsing import parse_mmad, parse_strict
 from mmad_boost.protocol.prompt import Prompt

@@ -14,7 +14,7 @@ from mmad_boost.running.records import run_records
 from fixtures import Recorder
 from mmad_boost.boosts.routing import Choice, Route, route_toml
 from mmad_boost.running.runner import Runner
-from mmad_boost.boosts.tune import choose_route, split_images
+from mmad_boost.boosts.tune import POOLED, choose_route, split_images
 
 KNOWLEDGE = """dataset = "MVTec"
 category = "{cat}"
@@ -169,12 +169,91 @@ def test_choice_keeps_a_boost_only_beyond_noise():
     exp = _records({"Defect Localization": [True] * n, "Object Classification": [i % 2 == 0 or i == 1 for i in range(n)]}, n)
     both = _records({"Defect Localization": [True] * n, "Object Classification": [True] * n}, n)
     dev = {(): none, ("knowledge",): know, ("expert",): exp, ("knowledge", "expert"): both}
-    route, evidence = choose_route(dev, ("knowledge", "expert"), n_boot=300, confidence=0.95, seed=0)
+    route, evidence = choose_route(dev, ("knowledge", "expert"), n_boot=300, confidence=0.95, seed=0, rule="beyond-noise")
     assert route.choice("Defect Localization") == Choice(knowledge=False, expert=True)
     assert route.choice("Object Classification") == Choice(knowledge=True, expert=False)
     assert route.choice("Anomaly Detection") == Choice(knowledge=False, expert=False)  # not on dev: no boost
     assert evidence["Object Classification"]["chosen"] == "knowledge"
     assert "within noise" in evidence["Object Classification"]["expert added to knowledge"]
+
+
+def _flips(n: int, right: range, lose=(), gain=()) -> list[bool]:
+    """Per image correct or not: `right` answered correctly, then `lose` wrong and `gain` right."""
+    ok = (set(right) - set(lose)) | set(gain)
+    return [i in ok for i in range(n)]
+
+
+def _two_level_dev(n: int = 40) -> dict:
+    """Dev results whose right two-level routing is known: knowledge helps on the whole (a large gain in object
+    classification), hurts localisation beyond noise and defect classification within noise; the expert hurts
+    on the whole (two losses within noise) but helps localisation beyond noise."""
+    half, even = range(n // 2), range(0, n, 2)
+    per_type = {  # (none, knowledge, expert, knowledge+expert); the boosts' effects add up
+        "Object Classification": (_flips(n, even), _flips(n, range(n)), _flips(n, even), _flips(n, range(n))),
+        "Defect Localization": (_flips(n, half), _flips(n, half, lose=range(10)), _flips(n, half, gain=range(20, 30)),
+                                _flips(n, half, lose=range(10), gain=range(20, 30))),
+        "Defect Classification": (_flips(n, half), _flips(n, half, lose=range(4), gain=(20, 21)), _flips(n, half),
+                                  _flips(n, half, lose=range(4), gain=(20, 21))),
+        "Defect Description": (_flips(n, half), _flips(n, half), _flips(n, half, lose=range(10), gain=range(20, 24)),
+                               _flips(n, half, lose=range(10), gain=range(20, 24))),
+        "Defect Analysis": (_flips(n, half), _flips(n, half), _flips(n, half, lose=range(9), gain=range(20, 24)),
+                            _flips(n, half, lose=range(9), gain=range(20, 24))),
+    }
+    names = [(), ("knowledge",), ("expert",), ("knowledge", "expert")]
+    return {c: _records({t: v[i] for t, v in per_type.items()}, n) for i, c in enumerate(names)}
+
+
+def test_two_level_rule_deviates_from_the_pooled_choice_only_with_evidence():
+    dev = _two_level_dev()
+    route, evidence = choose_route(dev, ("knowledge", "expert"), n_boot=300, confidence=0.95, seed=0)  # the default rule
+    pooled = evidence[POOLED]
+    assert pooled["chosen"] == "knowledge"  # best dev Average: 54.0 against 53.5 (both), 50.0 (none), 49.5 (expert)
+    assert (pooled["dev knowledge"], pooled["dev knowledge+expert"]) == (54.0, 53.5)
+    assert route.choice("Object Classification") == Choice(knowledge=True, expert=False)  # the pooled choice
+    # knowledge's loss in defect classification is within noise: kept, although none scores higher on dev
+    assert route.choice("Defect Classification") == Choice(knowledge=True, expert=False)
+    assert "within noise" in evidence["Defect Classification"]["knowledge added to none"]
+    assert evidence["Defect Classification"]["dev none"] > evidence["Defect Classification"]["dev knowledge"]
+    # localisation: knowledge dropped (interval below zero), the expert added (interval above zero)
+    assert route.choice("Defect Localization") == Choice(knowledge=False, expert=True)
+    assert "beyond noise" in evidence["Defect Localization"]["knowledge added to expert"]
+    assert evidence["Defect Localization"]["expert added to none"].startswith("+25.00")
+    for t in ("Defect Description", "Defect Analysis"):  # the expert's losses are within noise: nothing to deviate for
+        assert route.choice(t) == Choice(knowledge=True, expert=False) and "within noise" in evidence[t]["expert added to knowledge"]
+    assert route.choice("Anomaly Detection") == route.default == Choice(knowledge=True, expert=False)  # not on dev: pooled
+    assert all(evidence[t]["pooled choice"] == "knowledge" for t in evidence if t != POOLED)
+    # the other rules on the same evidence: beyond-noise drops everything without a gain beyond noise
+    strict, _ = choose_route(dev, ("knowledge", "expert"), n_boot=300, confidence=0.95, seed=0, rule="beyond-noise")
+    assert strict.choice("Defect Classification") == strict.choice("Defect Description") == Choice(knowledge=False, expert=False)
+    lenient, _ = choose_route(dev, ("knowledge", "expert"), n_boot=300, confidence=0.95, seed=0, rule="not-harmful")
+    assert lenient.choice("Defect Description") == Choice() and lenient.choice("Defect Localization") == Choice(knowledge=False, expert=True)
+    with pytest.raises(MmadError, match="rule 'best': use one of two-level"):
+        choose_route(dev, ("knowledge", "expert"), n_boot=300, confidence=0.95, seed=0, rule="best")
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.data())
+def test_two_level_every_deviation_has_an_interval_excluding_zero(data):
+    from mmad_boost.reporting.uncertainty import paired_delta_intervals
+
+    n, types = 12, ("Defect Classification", "Defect Localization", "Object Classification")
+    boosts = ("knowledge", "expert")
+    names = [(), ("knowledge",), ("expert",), ("knowledge", "expert")]
+    vec = st.lists(st.booleans(), min_size=n, max_size=n)
+    dev = {c: _records({t: data.draw(vec) for t in types}, n) for c in names}
+    route, evidence = choose_route(dev, boosts, n_boot=100, confidence=0.9, seed=1)
+    ref = tuple(b for b in boosts if b in evidence[POOLED]["chosen"].split("+"))
+    for t in types:
+        ch = route.choice(t)
+        chosen = tuple(b for b in boosts if (b == "knowledge" and ch.knowledge) or (b == "expert" and ch.expert))
+        assert evidence[t]["chosen"] == ("+".join(chosen) or "none")
+        for b in set(chosen) ^ set(ref):  # each deviation: the same paired interval the rule saw excludes zero
+            with_b = tuple(x for x in boosts if x in chosen or x == b)
+            without = tuple(x for x in with_b if x != b)
+            iv = paired_delta_intervals(dev[without], dev[with_b], n_boot=100, confidence=0.9, seed=1).get("Average", t)
+            assert (iv[0] > 0) if b in chosen else (iv[1] < 0)
+        if chosen != ref:  # and it scores higher on dev than the pooled choice
+            assert evidence[t][f"dev {evidence[t]['chosen']}"] > evidence[t][f"dev {evidence[POOLED]['chosen']}"]
 
 
 def test_tune_cli_splits_chooses_on_dev_reports_on_test_and_reuses_answers(fixture_root, kb, tmp_path, capsys):

@@ -4,13 +4,19 @@
    by a seed into a dev part and a test part, within every (dataset, category, normal/defective)
    group, so both parts hold every kind of image and no image is on both sides.
 2. Every combination of the boosts given (knowledge, expert) is evaluated on the dev part only.
-3. Per subtask, rule "beyond-noise" (default): a combination is allowed only if each of its
-   boosts, added to the rest, has a paired bootstrap interval on dev above zero
+3. The rule chooses from the dev results (RULE_TEXT; docs/routing.md has the reasons).
+   "two-level" (default): first one choice for all subtasks together, the combination with the
+   best dev Average (every dev question counts, and only 2^boosts candidates compete, so an
+   ordinary choice by dev score); then per subtask a deviation from it only with evidence: a
+   boost of that choice is dropped for a subtask when adding it has a paired bootstrap interval
+   on that subtask below zero, a boost outside it is added when its interval is above zero
    (uncertainty.paired_delta_intervals: the same images resampled for both runs, stratified per
-   dataset); no boost is always allowed. Rule "not-harmful": the burden of proof reversed, a boost
-   is left out only if adding it has an interval below zero; all boosts are always allowed. Among
-   the allowed combinations the best dev score wins (ties: fewer boosts, or more for not-harmful).
-   Subtasks not on dev get no boost (beyond-noise) or every boost (not-harmful).
+   dataset). Per-subtask choices are many and each rests on a few images, so they must clear the
+   interval. "beyond-noise": every boost kept for a subtask must have an interval above zero
+   there (no boost is always allowed). "not-harmful": a boost is left out only if adding it has
+   an interval below zero. Among the allowed combinations the best dev score wins (ties: the
+   fewest deviations from the pooled choice, fewer boosts; all boosts for not-harmful). Subtasks
+   not on dev get the pooled choice, no boost, or every boost.
 4. The test part, untouched until now, scores the tuned routing beside "all boosts on" and "none",
    with intervals, and says whether the differences are within noise.
 Costs: responses are cached by prompt (response_cache.py), so a tuned prompt that equals one
@@ -30,7 +36,14 @@ from .routing import Choice, Route, route_toml
 from ..protocol.scoring import SUBTASKS
 
 NONE, ALL_ON = "none", "all-on"
-RULES = ("beyond-noise", "not-harmful")
+RULES = ("two-level", "beyond-noise", "not-harmful")
+RULE_TEXT = {
+    "two-level": "the boosts with the best dev Average over all subtasks together; per subtask a boost of that choice is dropped only "
+                 "when its paired bootstrap interval on that subtask is below zero, and another added only when its interval is above zero",
+    "beyond-noise": "a boost is kept for a subtask only when its paired bootstrap interval on dev is above zero",
+    "not-harmful": "a boost is left out of a subtask only when its paired bootstrap interval on dev is below zero",
+}
+POOLED = "all subtasks (pooled)"  # the evidence table of the two-level rule's first step
 
 
 def split_images(samples, dev_fraction: float, seed: int) -> tuple[list[str], list[str]]:
@@ -70,43 +83,74 @@ def _interval_below_zero(d, subtask: str) -> bool:
     return iv is not None and iv[1] < 0
 
 
-def _allowed(cands: list[tuple], boosts: tuple[str, ...], deltas: dict, st: str, rule: str) -> list[tuple]:
-    if rule == "beyond-noise":  # each boost kept must help, given the others
-        return [c for c in cands if all(_interval_above_zero(deltas[(c, b)], st) for b in c)]
-    # not-harmful: each boost left out must hurt when added to the rest
-    return [c for c in cands if all(_interval_below_zero(deltas[(tuple(x for x in boosts if x in c or x == b), b)], st)
-                                    for b in boosts if b not in c)]
+def _with(c: tuple[str, ...], b: str, boosts: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(x for x in boosts if x in c or x == b)
+
+
+def _allowed(cands: list[tuple], boosts: tuple[str, ...], deltas: dict, st: str, ref: tuple[str, ...]) -> list[tuple]:
+    """The combinations whose every difference from `ref` has evidence on subtask `st`: a boost added to
+    `ref` must help (interval above zero, given the combination's other boosts), a boost of `ref` left
+    out must hurt (adding it back has an interval below zero). `ref` itself is always allowed."""
+    return [c for c in cands
+            if all(_interval_above_zero(deltas[(c, b)], st) for b in c if b not in ref)
+            and all(_interval_below_zero(deltas[(_with(c, b, boosts), b)], st) for b in ref if b not in c)]
+
+
+def _reference(rule: str, boosts: tuple[str, ...], score: dict) -> tuple[str, ...]:
+    """What a subtask gets without evidence: no boost (beyond-noise), every boost (not-harmful), or
+    (two-level) the combination with the best dev Average over all subtasks, fewer boosts on a tie."""
+    if rule == "beyond-noise":
+        return ()
+    if rule == "not-harmful":
+        return boosts
+    return max(score, key=lambda c: (_score(score[c], "Average"), -len(c)))
+
+
+def _score(row: dict, col: str) -> float:
+    return float("-inf") if row.get(col) is None else row[col]
 
 
 def choose_route(dev: dict[tuple, list], boosts: tuple[str, ...], *, n_boot: int, confidence: float, seed: int,
-                 rule: str = "beyond-noise") -> tuple[Route, dict]:
-    """The routing and its evidence, from dev records per combination (keys: tuples of boost names)."""
+                 rule: str = "two-level") -> tuple[Route, dict]:
+    """The routing and its evidence, from dev records per combination (keys: tuples of boost names, in `boosts` order)."""
     from ..protocol.scoring import score_records
     from ..reporting.uncertainty import format_interval, noise_word, paired_delta_intervals
 
+    if rule not in RULES:
+        raise MmadError(f"rule {rule!r}: use one of {', '.join(RULES)}")
     score = {c: score_records(recs).rows.get("Average", {}) for c, recs in dev.items()}
     deltas = {}
     for c in dev:
         for b in c:
             rest = tuple(x for x in c if x != b)
             deltas[(c, b)] = paired_delta_intervals(dev[rest], dev[c], n_boot=n_boot, confidence=confidence, seed=seed)
+
+    def evidence_for(col: str, chosen: tuple[str, ...]) -> dict:
+        ev = {"chosen": combo_name(chosen)}
+        ev.update({f"dev {combo_name(c)}": round(score[c][col], 2) for c in dev if score[c].get(col) is not None})
+        for (c, b), d in deltas.items():
+            iv = d.get("Average", col)
+            point = d.point.get("Average", {}).get(col)
+            if point is not None:
+                ev[f"{b} added to {combo_name(tuple(x for x in c if x != b))}"] = f"{point:+.2f} {format_interval(iv, signed=True)} {noise_word(iv)}"
+        return ev
+
+    ref = _reference(rule, boosts, score)
     types, evidence = {}, {}
+    if rule == "two-level":
+        evidence[POOLED] = evidence_for("Average", ref)
     for st in SUBTASKS:
         if score[()].get(st) is None:
             continue
-        allowed = _allowed(list(dev), boosts, deltas, st, rule)
-        sign = -1 if rule == "beyond-noise" else 1  # ties go to the rule's reference: none, or all boosts
-        best = max(allowed, key=lambda c: (float("-inf") if score[c].get(st) is None else score[c][st], sign * len(c)))
+        allowed = _allowed(list(dev), boosts, deltas, st, ref)
+        # ties go to the reference (fewest deviations from it), then to fewer boosts
+        best = max(allowed, key=lambda c: (_score(score[c], st), -len(set(c) ^ set(ref)), -len(c)))
         types[st] = Choice(knowledge="knowledge" in best, expert="expert" in best)
-        ev = {"chosen": combo_name(best)}
-        ev.update({f"dev {combo_name(c)}": round(score[c][st], 2) for c in dev if score[c].get(st) is not None})
-        for (c, b), d in deltas.items():
-            iv = d.get("Average", st)
-            point = d.point.get("Average", {}).get(st)
-            if point is not None:
-                ev[f"{b} added to {combo_name(tuple(x for x in c if x != b))}"] = f"{point:+.2f} {format_interval(iv, signed=True)} {noise_word(iv)}"
-        evidence[st] = ev
-    unseen = Choice(knowledge=False, expert=False) if rule == "beyond-noise" else Choice()
+        evidence[st] = evidence_for(st, best)
+        if rule == "two-level":
+            evidence[st]["pooled choice"] = combo_name(ref)
+    unseen = {"beyond-noise": Choice(knowledge=False, expert=False), "not-harmful": Choice()}.get(
+        rule, Choice(knowledge="knowledge" in ref, expert="expert" in ref))
     return Route(types, default=unseen, source="tuned"), evidence
 
 
@@ -126,7 +170,7 @@ def _route_id(route: Route) -> str:
 
 
 def tune(bench, base, work: str | Path, *, boost_options: dict, boosts: tuple[str, ...], dev_fraction: float = 0.3, seed: int = 0,
-         shuffle_seed: int = 0, rule: str = "beyond-noise", setting: str = "1-shot", n_boot: int = 1000, confidence: float = 0.95, workers: int = 1,
+         shuffle_seed: int = 0, rule: str = "two-level", setting: str = "1-shot", n_boot: int = 1000, confidence: float = 0.95, workers: int = 1,
          progress: bool = True, model_spec: str = "model", log=print) -> dict:
     """Tune on dev, report on test. `base`: the model (wrapped here in a response cache); `boost_options`:
     BoostedModel keywords for the boosts (rag/kb/retrieval, expert/viz/calibrated/evidence); `seed` splits the
@@ -245,9 +289,7 @@ def report_markdown(result: dict) -> str:
 def write_route(path: Path, result: dict, header: list[str]) -> None:
     from ..atomic import write_text
 
-    rules = {"beyond-noise": "a boost is kept for a subtask only when its paired bootstrap interval on dev is above zero",
-             "not-harmful": "a boost is left out of a subtask only when its paired bootstrap interval on dev is below zero"}
     tuning = {"dev_images": len(result["dev_images"]), "test_images": len(result["test_images"]), "split_seed": result["seed"],
-              "rule": f"{result['rule']}: {rules[result['rule']]}"}
+              "rule": f"{result['rule']}: {RULE_TEXT[result['rule']]}"}
     tuning.update(result["evidence"])
     write_text(path, route_toml(result["route"], header=header, tuning=tuning))

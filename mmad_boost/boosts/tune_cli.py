@@ -11,6 +11,7 @@ from ..errors import MmadError
 
 def register_cli(sub) -> None:
     from ..protocol.settings import SETTING_HELP
+    from .tune import RULES
 
     p = sub.add_parser("tune", help="choose per subtask which boosts to apply, on a dev part of the images; report on the rest")
     p.add_argument("--data", required=True, help="data root (images under MMAD's key layout)")
@@ -24,9 +25,11 @@ def register_cli(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the dev/test split of the images (default 0)")
     p.add_argument("--shuffle-seed", type=int, default=0, help="seed of option shuffling, as eval's --seed; kept apart from the split's seed so that "
                    "another split reuses every cached response (default 0)")
-    p.add_argument("--rule", default="beyond-noise", choices=["beyond-noise", "not-harmful"],
-                   help="beyond-noise (default): a boost is kept for a subtask only when its paired interval on dev is above zero; "
-                        "not-harmful: a boost is left out only when its interval is below zero (every boost unless dev shows harm)")
+    p.add_argument("--rule", default=RULES[0], choices=RULES,
+                   help="how dev evidence becomes a routing (docs/routing.md): two-level (default): the boosts with the best dev Average "
+                        "over all subtasks, then per subtask a boost dropped only when its paired interval on that subtask is below zero "
+                        "and another added only when above zero; beyond-noise: a boost is kept for a subtask only when its interval is "
+                        "above zero; not-harmful: a boost is left out only when its interval is below zero")
     p.add_argument("--setting", default="1-shot", help=f"images shown before the query: {SETTING_HELP} (default 1-shot)")
     p.add_argument("--no-rag", action="store_true", help="do not consider the knowledge boost (default: considered)")
     p.add_argument("--kb", help="knowledge base for the knowledge boost: a folder from `mmad-boost kb build`, or a knowledge folder or .toml file (default: the shipped one)")

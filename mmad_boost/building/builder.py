@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import MmadError
+from ..protocol.keys import LETTERS, is_normal_key
 
 DEFAULT_TEMPLATES = 8
 
@@ -80,7 +81,7 @@ def _load_checked(im, ranker, problems):
 def _check_names(images, dataset: str) -> None:
     # The harness calls an image normal when its key contains "good" (MMAD's rule).
     for im in images:
-        if not im.is_normal and "good" in im.key(dataset):
+        if not im.is_normal and is_normal_key(im.key(dataset)):
             raise MmadError(f"{im.path}: defective image's MMAD key {im.key(dataset)!r} contains 'good', which marks it normal; rename the file, folder or --dataset-name")
     if "/" in dataset or not dataset.strip():
         raise MmadError(f"--dataset-name {dataset!r}: must be a non-empty folder name without '/'")
@@ -197,7 +198,7 @@ def _read_extra(path: Path) -> list[tuple[str, dict]]:
             missing = [c for c in ("image", "type", "question", "answer", "A", "B") if not (r.get(c) or "").strip()]
             if missing:
                 raise MmadError(f"{path}: line {n} lacks {', '.join(missing)}; columns are image,type,question,A,B[,C,D,E],answer")
-            opts = {k: r[k].strip() for k in "ABCDE" if (r.get(k) or "").strip()}
+            opts = {k: r[k].strip() for k in LETTERS if (r.get(k) or "").strip()}
             ans = r["answer"].strip()
             if ans not in opts:  # the answer may be given as the option's text
                 ans = next((k for k, v in opts.items() if v == ans), ans)

@@ -24,11 +24,12 @@ import re
 
 import numpy as np
 
+from ..protocol.keys import LETTERS
+
 GRID = ("top left", "top", "top right", "left", "center", "right", "bottom left", "bottom", "bottom right")
 MIN_CELL_SHARE = 0.15
 MAX_CELLS = 3
 N_OPTIONS = 4
-LETTERS = "ABCDE"
 
 AD_QUESTION = "Is there any defect in the object?"
 OC_QUESTION = "What kind of product is shown in the image?"

@@ -79,8 +79,10 @@ class EmbeddingModel:
     def __init__(self):
         import torch
 
+        from ..weights import efficientnet_lite0
+
         self.torch = torch
-        self.net = load_efficientnet_lite0()
+        self.net = efficientnet_lite0()
 
     def __call__(self, image: Image.Image) -> np.ndarray:
         torch = self.torch
@@ -89,12 +91,6 @@ class EmbeddingModel:
         with torch.inference_mode():
             f = self.net.forward_features(t).mean(dim=(2, 3))[0].numpy()
         return f / (np.linalg.norm(f) + 1e-12)
-
-
-def load_efficientnet_lite0():
-    from ..weights import efficientnet_lite0
-
-    return efficientnet_lite0()
 
 
 class SimilarityRanker:

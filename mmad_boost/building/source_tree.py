@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import MmadError
+from ..protocol.keys import IMAGE_SUFFIXES
 
 LAYOUTS = ("mvtec", "visa")
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 DEFAULT_DATASET = {"mvtec": "MVTec-AD", "visa": "VisA"}
 
 

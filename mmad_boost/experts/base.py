@@ -1,4 +1,4 @@
-"""The expert protocol, its output, calibration, saving/loading and the map cache.
+"""The expert protocol, its output, calibration, saving and the map cache (names and loading: experts/registry.py).
 
 An expert fits on normal images of a category (or on nothing, for zero-shot), then turns an image
 into an anomaly map at image size and an image score. Once calibrated on held-out normal images it
@@ -21,7 +21,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 from PIL import Image
@@ -269,87 +269,6 @@ def _kfold_scores(expert, images, folds, progress) -> list[tuple[float, float]]:
         if progress is not None:
             progress("calibration folds", f + 1, k)
     return out
-
-
-def _registry() -> dict[str, Any]:
-    from .gt import GroundTruthExpert
-    from .patchcore import PatchCore
-
-    return {"patchcore": PatchCore, "gt": GroundTruthExpert}
-
-
-def _looks_like_expert(obj) -> bool:
-    return callable(getattr(obj, "predict", None))
-
-
-# MMAD's expert runs (protocol §7): PatchCore fitted per query on its templates at 224 px, coreset
-# keeping 99 %, the nearest template patch's distance, GrabCut foreground. The backbone stays this
-# machine's (EfficientNet-Lite0 strides 8+16 for WideResNet-50 layer2+3: docs/faithful.md).
-MMAD_FEWSHOT = {"size": 224, "coreset_ratio": 0.99, "knn": 1, "topk": 0.0, "foreground": True}
-
-
-def create_expert(name: Any, **kw) -> Expert:
-    """An expert by name: patchcore, patchcore-fewshot, gt, anomalyclip, anomalib:<Model>; a fitted
-    expert folder; or a user object with `predict` (returned as is)."""
-    if _looks_like_expert(name):
-        return name
-    if not isinstance(name, (str, Path)):
-        raise MmadError(f"expert {name!r}: give a name (patchcore, gt, anomalyclip, anomalib:<Model>) or an object with predict()")
-    spec = str(name)
-    if Path(spec).is_dir() and (Path(spec) / "expert.json").is_file():
-        return load_expert(spec)
-    if spec in ("patchcore-fewshot", "patchcore-few-shot"):
-        spec, kw = "patchcore", {**MMAD_FEWSHOT, **kw, "mode": "few-shot"}
-    if spec.startswith("anomalib:"):
-        from .anomalib_adapter import AnomalibExpert
-
-        return AnomalibExpert(spec.split(":", 1)[1], **kw)
-    if spec == "anomalyclip":
-        from .anomalyclip import AnomalyCLIP
-
-        return AnomalyCLIP(**kw)
-    reg = _registry()
-    if spec not in reg:
-        raise MmadError(
-            f"expert {spec!r} is unknown; use patchcore, patchcore-fewshot, gt, anomalyclip, anomalib:<Model> or a fitted expert folder"
-        )
-    return reg[spec](**kw)
-
-
-def load_expert(directory: str | Path, *, false_marks: float | None = None) -> Expert:
-    """A saved expert (expert.json + .npy arrays; no pickle); `false_marks` moves its thresholds
-    to that target rate using the normal scores stored at fit time."""
-    from .folder_schema import read_folder
-
-    meta, arrays = read_folder(directory)  # expert.json checked against the schema, .npy headers before allocation
-    meta_file = Path(directory) / "expert.json"
-    kind, config = meta.get("kind"), dict(meta.get("config", {}))
-    if kind == "anomalib":
-        kind = f"anomalib:{config.pop('model', 'Patchcore')}"
-    elif kind == "patchcore":
-        config.setdefault("topk", 0.0)  # folders written before `topk` existed scored by the largest patch,
-        config.setdefault("knn", 1)  # and before `knn` by the nearest bank entry alone
-        if config.get("mode") == "few-shot":
-            config.pop("mode")
-            kind = "patchcore-fewshot"
-    expert = create_expert(kind, **config)
-    expert._load_state(arrays)
-    expert.fitted = bool(meta.get("fitted", True))
-    expert.image_threshold = meta.get("image_threshold")
-    expert.pixel_threshold = meta.get("pixel_threshold")
-    cal = meta.get("calibration")
-    if isinstance(cal, dict):  # folders from before stored scores have thresholds only
-        try:
-            expert.normals = NormalScores([float(v) for v in cal["normal_scores"]], [float(v) for v in cal["normal_map_max"]],
-                                          str(cal.get("method", "?")), check_false_marks(cal.get("false_marks", DEFAULT_FALSE_MARKS)),
-                                          float(cal.get("margin", 1.0)))
-            if not expert.normals.scores or len(expert.normals.scores) != len(expert.normals.map_max):
-                raise ValueError("normal_scores and normal_map_max must be non-empty lists of one length")
-        except (KeyError, TypeError, ValueError, MmadError) as e:
-            raise MmadError(f"{meta_file}: field 'calibration' is damaged ({e}); refit with `mmad-boost expert fit`") from None
-    if false_marks is not None:
-        expert.set_false_marks(false_marks)
-    return expert
 
 
 def cached_predict(expert, image: Image.Image, cache_dir: str | Path | None, *, mask: np.ndarray | None = None,

@@ -8,13 +8,12 @@ from pathlib import Path
 
 from ..atomic import save_image, write_text
 from ..errors import MmadError
+from ..registry import option_pairs
 from .base import DEFAULT_FALSE_MARKS, check_false_marks
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def register_cli(sub) -> None:
-    from ..cli import STYLE_CHOICES, add_deprecated_alias
+    from ..cli import VIZ_CHOICES, add_deprecated_alias
 
     p = sub.add_parser("expert", help="fit, evaluate and render anomaly-detection experts")
     esub = p.add_subparsers(dest="expert_command", required=True)
@@ -42,7 +41,7 @@ def register_cli(sub) -> None:
     add_deprecated_alias(e, "--expert-dir", "--expert", "expert")
     e.add_argument("--data", required=True, help="MMAD-layout data root")
     e.add_argument("--questions", help="question file (default DATA/mmad.json)")
-    e.add_argument("--viz", default="bbox", choices=STYLE_CHOICES, help="how the map is drawn: bbox, contour, highlight, mask or heatmap (default bbox)")
+    e.add_argument("--viz", default="bbox", choices=VIZ_CHOICES, help="how the map is drawn: bbox, contour, highlight, mask or heatmap (default bbox)")
     e.add_argument("--calibrated", action="store_true", help="render in calibrated mode (default: faithful, as MMAD)")
     e.add_argument("--cache", help="map cache folder (default: maps/ in the cache folder, $MMAD_BOOST_CACHE_DIR or ~/.cache/mmad-boost; keyed by expert state and image)")
     e.add_argument("--plot", metavar="PNG", help="with --calibrated: also draw the operating curve (hits against false marks per target) into this PNG (default: none)")
@@ -58,21 +57,8 @@ def register_cli(sub) -> None:
     r.add_argument("--mask", help="ground-truth mask of the image (gt expert)")
     r.add_argument("--template", action="append", default=[], help="normal template image (few-shot experts; repeatable)")
     r.add_argument("--calibrated", action="store_true", help="render in calibrated mode (default: faithful, as MMAD)")
-    r.add_argument("--out", required=True, help="folder for the five pictures (one per style) and sentences.json")
+    r.add_argument("--out", required=True, help="folder for the five pictures (one per viz: bbox, contour, highlight, mask, heatmap) and sentences.json")
     r.set_defaults(func=cmd_render)
-
-
-def _options(pairs: list[str]) -> dict:
-    opts = {}
-    for kv in pairs:
-        k, sep, v = kv.partition("=")
-        if not sep:
-            raise MmadError(f"--option {kv!r}: use KEY=VALUE")
-        try:
-            opts[k] = json.loads(v)
-        except json.JSONDecodeError:
-            opts[k] = v
-    return opts
 
 
 def default_cache() -> Path | None:
@@ -106,39 +92,32 @@ class Progress:
         print(f"  {stage} {done}/{total} ({now - self.t0:.0f} s; {eta})", file=self.stream, flush=True)
 
 
-def _images_in(folder: Path) -> list[Path]:
-    return sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
-
-
 def cmd_fit(args) -> int:
     from ..protocol.data import load_rgb
     from . import create_expert
-    from .base import fit_and_calibrate, holdout_split
+    from .fitting import check_holdout, fit_on_folder, image_files, normal_folder
 
     dataset, sep, category = args.category.partition("/")
     if not sep or not category:
         raise MmadError(f"--category {args.category!r}: use DATASET/CATEGORY, e.g. VisA/fryum")
-    folder = Path(args.data) / dataset / category / "train" / "good"
-    files = _images_in(folder)
-    opts = _options(args.option)
-    if args.backbone:
-        opts["backbone"] = args.backbone
-    expert = create_expert(args.expert, **opts)
-    if len(files) < 2 and not getattr(expert, "needs_mask", False):  # the ground truth needs no normals
-        raise MmadError(f"{folder}: needs at least 2 normal images (to fit and to calibrate); found {len(files)}")
     try:
-        fit_files, cal_files = holdout_split(files, args.holdout) if args.holdout is not None else (files, [])
+        check_holdout(args.holdout)
         check_false_marks(args.false_marks)
     except MmadError as e:
         raise MmadError(f"--{e}") from None
-    t0 = time.perf_counter()
-    fit_and_calibrate(expert, [load_rgb(f) for f in fit_files], [load_rgb(f) for f in cal_files], margin=args.margin,
-                      false_marks=args.false_marks, progress=Progress())
+    opts = option_pairs(args.option, "--option")  # strings: create_expert converts them by the expert's signature
+    if args.backbone:
+        opts["backbone"] = args.backbone
+    expert = create_expert(args.expert, **opts)
+    t0 = time.perf_counter()  # the same fitting and calibration rules as BoostedModel's fit on demand (experts/fitting.py)
+    fitted = fit_on_folder(expert, normal_folder(args.data, dataset, category), holdout=args.holdout,
+                           false_marks=args.false_marks, margin=args.margin, progress=Progress())
+    fit_files, cal_files = fitted.fit_files, fitted.calibration_files
     choice = []
     if args.defects:
         from .score_choice import choose_topk
 
-        defect_files = _images_in(Path(args.defects))
+        defect_files = image_files(Path(args.defects))
         if not defect_files:
             raise MmadError(f"--defects {args.defects}: no images found; give a folder of defective training images")
         if cal_files or getattr(expert, "kind", "") != "patchcore" or getattr(expert, "mode", "") != "full":

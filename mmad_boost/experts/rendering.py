@@ -225,7 +225,7 @@ def render(
     `drawing_options(expert)` gives all four for an expert.
     """
     if style not in STYLES:
-        raise MmadError(f"visualisation {style!r} is unknown; use one of {', '.join(STYLES)}")
+        raise MmadError(f"viz {style!r} (how the expert's map is drawn) is unknown; use one of {', '.join(STYLES)}")
     if mode not in MODES:
         raise MmadError(f"render mode {mode!r} is unknown; use faithful or calibrated")
     if normalisation not in NORMALISATIONS:

@@ -6,7 +6,7 @@ forms; `as_model` wraps a plain function `f(images, text) -> str`.
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 from PIL import Image
 
@@ -37,6 +37,27 @@ class MLLM:
 
     def close(self) -> None:
         pass
+
+
+@runtime_checkable
+class Prepares(Protocol):
+    """The optional `prepare` hook (see MLLM): models that do per-image work, e.g. BoostedModel."""
+
+    def prepare(self, query: Query) -> Query: ...
+
+
+@runtime_checkable
+class ChecksSamples(Protocol):
+    """The optional `check_samples` hook (see MLLM)."""
+
+    def check_samples(self, samples) -> None: ...
+
+
+@runtime_checkable
+class Closes(Protocol):
+    """The optional `close` hook (see MLLM); a model object need not derive from MLLM."""
+
+    def close(self) -> None: ...
 
 
 def to_prompt(prompt: Any, text: str | None = None, *, system: str | None = None) -> Prompt:

@@ -6,6 +6,7 @@ import re
 
 from ..errors import MmadError
 from ..protocol.prompt import Prompt
+from ..registry import convert_options, parse_int
 from .base import MLLM
 
 _OPTION_LINE = re.compile(r"^([A-E])\. ", re.M)
@@ -32,11 +33,11 @@ class RandomBaseline(MLLM):
 
 def create(rest: str, **options):
     if rest == "random":
-        return RandomBaseline(seed=int(options.get("seed", 0)))
+        return RandomBaseline(seed=parse_int(options.get("seed", 0), "baseline:random option seed"))
     if rest in ("features", "feature"):
         try:
             from .feature_baseline import FeatureBaseline
         except ModuleNotFoundError:
             raise MmadError("baseline:features is not available in this install") from None
-        return FeatureBaseline(**options)
+        return FeatureBaseline(**convert_options(FeatureBaseline, options, "baseline:features"))
     raise MmadError(f"unknown baseline {rest!r}; use baseline:random or baseline:features")

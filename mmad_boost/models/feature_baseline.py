@@ -174,15 +174,17 @@ class FeatureBaseline(MLLM):
 
     # -- models --------------------------------------------------------------
     def _load(self):
+        from ..weights import efficientnet_lite0, minilm
+
         with self._lock:
             if self._net is None:
-                self._net = _load_efficientnet()
+                self._net = efficientnet_lite0()
                 from timm.data import ImageNetInfo
 
                 info = ImageNetInfo()
                 self._classes = [info.index_to_description(i).split(",")[0] for i in range(info.num_classes())]
             if self._text is None:
-                self._text = _load_minilm()
+                self._text = minilm()
 
     def features(self, image: Image.Image) -> tuple[np.ndarray, np.ndarray]:
         """(patch features HxWxC, L2-normalised; ImageNet probabilities), cached by image content."""
@@ -350,15 +352,3 @@ class FeatureBaseline(MLLM):
 
     def _answer_structure(self, x: Inputs) -> dict[str, float]:
         return self._answer_object(x, normal=True)
-
-
-def _load_efficientnet():
-    from ..weights import efficientnet_lite0
-
-    return efficientnet_lite0()
-
-
-def _load_minilm():
-    from ..weights import minilm
-
-    return minilm()

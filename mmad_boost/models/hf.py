@@ -17,6 +17,7 @@ from PIL import Image
 
 from ..errors import MmadError
 from ..protocol.prompt import Prompt
+from ..registry import convert_options
 from .base import MLLM
 from .batching import MicroBatcher
 from .hf_families import check_needs, family_of, family_of_folder, processor_images
@@ -235,29 +236,7 @@ class HFVisionModel(MLLM):
         self.model = None
 
 
-def _bool(v: Any) -> bool:
-    if isinstance(v, bool):
-        return v
-    if str(v).lower() in ("1", "true", "yes", "on"):
-        return True
-    if str(v).lower() in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(v)
-
-
-_FIELDS = {
-    "max_new_tokens": int, "dtype": str, "device": str, "max_side": int, "system": str, "trust_remote_code": _bool,
-    "batch_size": int, "batch_wait": float,
-}
-
-
 def create(rest: str, **options: Any) -> HFVisionModel:
-    kwargs = {}
-    for k, v in options.items():
-        if k not in _FIELDS:
-            raise MmadError(f"hf model option {k!r} is unknown; known: {', '.join(_FIELDS)}")
-        try:
-            kwargs[k] = _FIELDS[k](v)
-        except (TypeError, ValueError):
-            raise MmadError(f"hf model option {k}={v!r} is not valid") from None
+    """`hf:<folder>`; option strings are converted by HFVisionModel's signature."""
+    kwargs = convert_options(HFVisionModel, options, "hf model", skip=1)
     return HFVisionModel(rest, **kwargs)

@@ -24,6 +24,7 @@ from PIL import Image
 
 from ..errors import MmadError, ModelError
 from ..protocol.prompt import Prompt
+from ..registry import convert_options
 from .base import MLLM
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -356,22 +357,7 @@ def _error_text(data: bytes) -> str:
     return " ".join(str(text).split())[:300]
 
 
-_FIELDS = {
-    "base_url": str, "api_key_env": str, "max_tokens": int, "timeout": float, "max_retries": int,
-    "max_side": int, "temperature": float, "system": str, "image_format": str, "backoff": float, "max_backoff": float,
-    "deadline": float,
-}
-
-
 def create(rest: str, **options: Any) -> OpenAIChatModel:
-    kwargs = {}
-    for k, v in options.items():
-        if k not in _FIELDS:
-            raise MmadError(f"openai model option {k!r} is unknown; known: {', '.join(_FIELDS)}")
-        if v is None:
-            continue
-        try:
-            kwargs[k] = _FIELDS[k](v)
-        except (TypeError, ValueError):
-            raise MmadError(f"openai model option {k}={v!r}: expected {_FIELDS[k].__name__}") from None
+    """`openai:<model>`; option strings are converted by OpenAIChatModel's signature (None: its default)."""
+    kwargs = convert_options(OpenAIChatModel, {k: v for k, v in options.items() if v is not None}, "openai model", skip=1)
     return OpenAIChatModel(rest, **kwargs)

@@ -1,14 +1,13 @@
 """The MMAD question file: samples (one per image), their questions, masks and templates.
 
 Format: protocol doc §1. Keys are image paths relative to the data root,
-`<Dataset>/<category>/<split>/<defect-or-good>/<file>`.
+`<Dataset>/<category>/<split>/<defect-or-good>/<file>` (their rules: keys.py). Reading the image
+and mask files themselves: image_files.py.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import random
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -17,6 +16,8 @@ import numpy as np
 from PIL import Image
 
 from ..errors import MmadError
+from .keys import VALID_LETTERS, is_normal_key
+from .image_files import check_image_file, load_mask, load_rgb, to_rgb  # noqa: F401  (importable from here as before)
 
 QUESTION_TYPES = (
     "Anomaly Detection",
@@ -28,7 +29,6 @@ QUESTION_TYPES = (
     "Object Structure",
     "Object Details",
 )
-LETTERS = "ABCDE"
 # short names for --type (and Benchmark.select(types=...)); any unambiguous prefix works too
 QUESTION_TYPE_ALIASES = {
     "anomaly": "Anomaly Detection",
@@ -100,7 +100,7 @@ class Sample:
 
     @property
     def is_normal(self) -> bool:
-        return "good" in self.key  # MMAD's rule, kept literally (§1)
+        return is_normal_key(self.key)
 
     def qid(self, question: Question) -> str:
         return f"{self.key}#{question.index}"
@@ -129,8 +129,6 @@ def _field(path: Path, key: str, value: dict, name: str, kind, default=None):
     return v
 
 
-_LETTER_SET = frozenset(LETTERS)
-
 
 def _paths(path: Path, key: str, value: dict, name: str) -> list[str]:
     """A list of image paths (templates): every entry a non-empty string."""
@@ -152,7 +150,7 @@ def parse_question(path: Path, key: str, i: int, q) -> Question:
     if not isinstance(opts, dict) or not opts:
         raise MmadError(f"{where}: 'Options' must be a non-empty object like {{\"A\": \"Yes\", \"B\": \"No\"}}")
     for letter, text in opts.items():
-        if letter not in _LETTER_SET or not isinstance(text, str):  # a set, not a substring test: "AB" and "" are refused
+        if letter not in VALID_LETTERS or not isinstance(text, str):  # a set, not a substring test: "AB" and "" are refused
             raise MmadError(f"{where}: option {letter!r} must be one letter A-E with a text value")
     if not isinstance(q["Question"], str):
         raise MmadError(f"{where}: 'Question' must be a string")
@@ -335,95 +333,3 @@ def load_question_file(path: Path) -> list[Sample]:
     except OSError as e:
         raise MmadError(f"question file {path} cannot be read ({e.strerror}); check its permissions") from None
     return parse_samples(raw, path)
-
-
-def _require_image_file(path: Path) -> int:
-    """The file's size; a clear error for a missing path, a folder, or an empty file."""
-    if not path.exists():
-        raise MmadError(f"image {path} not found; check --data and the paths in the question file")
-    if not path.is_file():
-        raise MmadError(f"image {path} is a folder, not an image file; check the paths in the question file")
-    size = path.stat().st_size
-    if size == 0:
-        raise MmadError(f"image {path} is empty (0 bytes); replace it with the real file")
-    return size
-
-
-def load_rgb(path: Path) -> Image.Image:
-    """Any image as 8-bit RGB (grayscale, 16-bit and CMYK files included)."""
-    _require_image_file(path)
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return to_rgb(im)
-    except MmadError:
-        raise
-    except Exception as e:  # PIL raises many types for bad files
-        raise MmadError(f"image {path} cannot be read ({type(e).__name__}: {e}); replace the file") from None
-
-
-def check_image_file(path: Path) -> None:
-    """Up-front check that decodes the whole image, so a damaged file (truncated, corrupted in the
-    middle, a decompression bomb) stops a run before it starts rather than halfway through."""
-    _require_image_file(path)
-    try:
-        with _strict_decoding(), Image.open(path) as im:
-            im.load()  # every format PIL reads; a truncated file raises instead of being padded
-    except Exception as e:  # PIL raises many types for bad files
-        text = str(e)
-        if "truncated" in text or isinstance(e, EOFError):
-            raise MmadError(f"image {path} is truncated (the file ends early); replace it with the complete file") from None
-        raise MmadError(f"image {path} cannot be read ({type(e).__name__}: {' '.join(text.split())[:200]}); replace the file") from None
-
-
-_TRUNCATION_GUARD = threading.Lock()
-
-
-@contextlib.contextmanager
-def _strict_decoding():
-    """Libraries may set PIL's global LOAD_TRUNCATED_IMAGES (pad short files silently); checks never do."""
-    from PIL import ImageFile
-
-    if not ImageFile.LOAD_TRUNCATED_IMAGES:
-        yield
-        return
-    with _TRUNCATION_GUARD:
-        ImageFile.LOAD_TRUNCATED_IMAGES = False
-        try:
-            yield
-        finally:
-            ImageFile.LOAD_TRUNCATED_IMAGES = True
-
-
-def to_rgb(im: Image.Image) -> Image.Image:
-    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-        a = np.asarray(im, dtype=np.float64)
-        hi = a.max() or 1.0
-        im = Image.fromarray((a / hi * 255).round().astype(np.uint8))
-    return im.convert("RGB")
-
-
-def load_mask(path: Path) -> np.ndarray:
-    """A boolean mask, read as MMAD did (protocol §7: maximum 1 as is, maximum 255 // 255, else > 0);
-    a folder of masks is merged by maximum."""
-    if path.is_dir():
-        files = sorted(f for f in path.iterdir() if f.suffix.lower() in (".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff"))
-        if not files:
-            raise MmadError(f"mask folder {path} holds no mask images; add them or clear 'mask_path'")
-        masks = [load_mask(f) for f in files]
-        shapes = {m.shape for m in masks}
-        if len(shapes) > 1:
-            raise MmadError(f"mask folder {path}: masks differ in size {sorted(shapes)}; they must match the image")
-        return np.maximum.reduce(masks)
-    if not path.exists():
-        raise MmadError(f"mask {path} not found; check 'mask_path' (relative to <Dataset>/<category>/)")
-    try:
-        with Image.open(path) as im:
-            a = np.asarray(im)
-    except Exception as e:
-        raise MmadError(f"mask {path} cannot be read ({type(e).__name__}); replace the file") from None
-    if a.ndim == 3:
-        a = a.max(axis=2)
-    from ..experts.rendering import gt_binary
-
-    return gt_binary(a) > 0

@@ -12,6 +12,7 @@ import difflib
 import re
 
 from ..errors import MmadError
+from .keys import VALID_LETTERS
 
 PARSERS = ("strict", "mmad")
 # Parsing is linear and bounded: a response longer than this is read as its first and last halves
@@ -71,7 +72,7 @@ def parse_strict(response: str | None, options: dict[str, str]) -> str | None:
     text = (response if isinstance(response, str) else "").strip()
     if not text:
         return None
-    valid = set(options) or set("ABCDE")
+    valid = set(options) or VALID_LETTERS
     plain = _collapse_space(_MARKUP.sub("", bounded(text))).strip()
     if len(plain) <= 3:
         m = re.fullmatch(r"[\(\[]?([A-Ea-e])[\)\].:]?", plain)

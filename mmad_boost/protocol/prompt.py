@@ -12,6 +12,8 @@ from typing import Any, Callable, Union
 
 from PIL import Image
 
+from .keys import LETTERS
+
 MMAD_INSTRUCTION = (
     "You are an industrial inspector who checks products by images. You should judge whether there is "
     "a defect in the query image and answer the questions about it.\n"
@@ -133,5 +135,5 @@ def shuffle_options(options: dict[str, str], answer: str, seed: int, qid: str) -
     texts = list(options.values())
     order = list(range(len(texts)))
     random.Random(f"{seed}:{qid}").shuffle(order)
-    shown = {"ABCDE"[i]: texts[j] for i, j in enumerate(order)}
-    return shown, "ABCDE"[order.index(list(options).index(answer))]
+    shown = {LETTERS[i]: texts[j] for i, j in enumerate(order)}
+    return shown, LETTERS[order.index(list(options).index(answer))]

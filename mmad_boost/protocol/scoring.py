@@ -1,13 +1,16 @@
 """Scoring exactly as MMAD (protocol §6), from answer records.
 
-A record needs `image`, `question_type`, `correct_answer`, `gpt_answer`; `options` (as shown)
-lets anomaly-detection answers be read as yes/no for precision and recall.
+A record (record.Record, or its JSON object) needs `image`, `question_type`, `correct_answer`,
+`gpt_answer`; `options` (as shown) lets anomaly-detection answers be read as yes/no for precision
+and recall. An image is normal by MMAD's key rule (keys.is_normal_key).
 """
 from __future__ import annotations
 
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
+
+from .record import Record, as_record
 
 SUBTASKS = (
     "Anomaly Detection",
@@ -19,15 +22,10 @@ SUBTASKS = (
     "Object Analysis",
 )
 EXTRA_METRICS = ("Overkill", "Miss", "Precision", "Recall", "F1", "Questions", "Dropped", "Parse Failures", "Errors")
-_VALID = set("ABCDE")
 
 
 def subtask_of(question_type: str) -> str:
     return "Object Analysis" if question_type in ("Object Structure", "Object Details") else question_type
-
-
-def is_normal_image(image: str) -> bool:
-    return "good" in image
 
 
 def _mean(values):
@@ -48,11 +46,13 @@ class Scores:
         return list(self.rows.items())
 
 
-def latest_records(records) -> list[dict]:
-    """One record per question: later lines replace earlier ones with the same `qid`."""
+def latest_records(records) -> list[Record]:
+    """One record per question: later lines replace earlier ones with the same `qid` (a record
+    without one stands alone)."""
     by_id: dict = {}
     for i, r in enumerate(records):
-        by_id[r.get("qid", i)] = r
+        r = as_record(r)
+        by_id[r.qid or i] = r
     return list(by_id.values())
 
 
@@ -67,25 +67,24 @@ def score_records(records) -> Scores:
     ad = defaultdict(lambda: {"tp": 0, "fp": 0, "fn": 0, "tn": 0, "yn": 0})
     parsers = set()
     for r in records:
-        ds = r["image"].split("/")[0]
+        ds = r.dataset
         total[ds] += 1
-        if r.get("parser"):
-            parsers.add(r["parser"])
-        if r.get("error"):
+        if r.parser:
+            parsers.add(r.parser)
+        if r.error:
             errors[ds] += 1
-        gold, given = r.get("correct_answer"), r.get("gpt_answer")
-        if gold not in _VALID or given not in _VALID:
+        gold, given = r.correct_answer, r.model_answer
+        if not r.is_valid:
             dropped[ds] += 1
-            if not r.get("error"):
+            if not r.error:
                 parse_fail[ds] += 1
             continue
-        st = subtask_of(r["question_type"])
+        st = subtask_of(r.question_type)
         if st == "Anomaly Detection":
-            key = "normal" if is_normal_image(r["image"]) else "abnormal"
+            key = "normal" if r.is_normal else "abnormal"
             count[ds][key] += 1
             correct[ds][key] += gold == given
-            opts = r.get("options") or {}
-            said = str(opts.get(given, "")).strip().lower()
+            said = r.option_text(given).strip().lower()
             if said in ("yes", "no"):
                 ad[ds]["yn"] += 1
                 pred_abn = said == "yes"
@@ -127,7 +126,7 @@ def strict_accuracy(records) -> dict[str, float | None]:
     """Accuracy per subtask counting parse failures and errors as wrong (not MMAD's rule; shown beside it)."""
     c, n = defaultdict(int), defaultdict(int)
     for r in latest_records(records):
-        st = subtask_of(r["question_type"])
+        st = subtask_of(r.question_type)
         n[st] += 1
-        c[st] += r.get("gpt_answer") is not None and r.get("gpt_answer") == r.get("correct_answer")
+        c[st] += r.is_right()
     return {st: (100.0 * c[st] / n[st] if n[st] else None) for st in SUBTASKS}

@@ -223,6 +223,7 @@ def compare_runs(run_dirs, labels: list[str] | None = None, *, n_boot: int = 100
     """Score each run folder (shards merged) and line up their Average rows, with bootstrap intervals
     (`n_boot` replicates; 0: none) and paired intervals for the deltas; `paper`: add published rows
     (`table2`, `all_result` or `all`)."""
+    from ..protocol.record import as_records
     from ..running.records import run_records
     from ..protocol.scoring import score_records
     from .uncertainty import paired_delta_intervals, score_intervals
@@ -236,14 +237,14 @@ def compare_runs(run_dirs, labels: list[str] | None = None, *, n_boot: int = 100
     for d in dirs:
         if not d.is_dir():
             raise MmadError(f"run folder {d} not found; pass the --out folder of `mmad-boost eval`")
-        records = run_records(d)
+        records = as_records(run_records(d))
         all_records.append(records)
         avg = score_records(records).rows.get("Average", {})
         values.append({c: avg.get(c) for c in COLUMNS})
         counts.append({
-            "questions": len({r.get("qid", i) for i, r in enumerate(records)}),
+            "questions": len({r.qid or i for i, r in enumerate(records)}),
             "dropped": int(avg.get("Dropped") or 0),
-            "errors": sum(1 for r in records if r.get("error")),
+            "errors": sum(1 for r in records if r.error),
         })
         ident = _identity(d)
         if ident.get("questions_sha256"):
@@ -273,8 +274,8 @@ def changed_answers(run_a, run_b, question_type: str | None = None) -> tuple[int
     from ..protocol.scoring import latest_records, subtask_of
 
     def answers(d):
-        return {r["qid"]: r.get("gpt_answer") for r in latest_records(run_records(Path(d)))
-                if "qid" in r and (question_type is None or subtask_of(r.get("question_type", "")) == question_type)}
+        return {r.qid: r.model_answer for r in latest_records(run_records(Path(d)))
+                if r.qid and (question_type is None or subtask_of(r.question_type) == question_type)}
 
     a, b = answers(run_a), answers(run_b)
     both = set(a) & set(b)

@@ -6,283 +6,27 @@ plain JavaScript. Several runs are aligned by question id; the first run is the 
 "fixed" and "broke". Images become small JPEG thumbnails in `report_files/` (made once per image
 and reused), or data URLs with `embed_images`. The data sits in the page as JSON and only one page
 of rows is drawn at a time, so a 40k-question run opens in seconds.
+
+The page's data (runs, question rows) is gathered in html_rows.py, its pictures made in
+html_images.py; this module writes the page around them.
 """
 from __future__ import annotations
 
 import base64
-import hashlib
 import html
 import json
-import os
 import re
 import shutil
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote
 
 from ..errors import MmadError
 from ..resources import html_assets
+from .html_images import FILES_DIR, Images
+from .html_rows import Run, load_run, question_rows, unique_names
 
-FILES_DIR = "report_files"
+__all__ = ["FILES_DIR", "write_html_report", "cmd_report", "register_cli"]
 PAGE_SIZE = 50
-MAX_RESPONSE_CHARS = 20000  # a runaway generation must not bloat the page
-_LETTERS = set("ABCDE")
-
-
-# -- runs ---------------------------------------------------------------------
-@dataclass
-class _Run:
-    dir: Path
-    name: str
-    identity: dict
-    data_root: Path | None
-    records: list[dict]
-    scores: object = None
-
-
-def _load_run(run_dir: Path, data_root: Path | None) -> _Run:
-    from ..running.records import run_records
-    from ..protocol.scoring import latest_records, score_records
-
-    if not run_dir.is_dir():
-        raise MmadError(f"run folder {run_dir} not found; pass the --out folder of `mmad-boost eval`")
-    meta = {}
-    run_file = run_dir / "run.json"
-    if run_file.exists():
-        from ..running.records import read_run_file
-
-        meta = read_run_file(run_file)  # one line naming the file when it is not the expected object
-    root = data_root or (Path(meta["data_root"]) if isinstance(meta.get("data_root"), str) and meta["data_root"] else None)
-    records = latest_records(run_records(run_dir))
-    if not records:
-        raise MmadError(f"{run_dir}: the run holds no records yet, so there is nothing to report; run `mmad-boost eval --out {run_dir}` first")
-    from .uncertainty import score_intervals
-
-    scores = score_records(records)
-    scores.intervals = score_intervals(records)  # 95 % bootstrap intervals over images, shown under each value
-    return _Run(run_dir, run_dir.name, meta.get("identity", {}), root, records, scores)
-
-
-def _unique_names(runs: list[_Run]) -> None:
-    names = [r.name for r in runs]
-    for r in runs:
-        if names.count(r.name) > 1:
-            r.name = f"{r.dir.parent.name}/{r.dir.name}"
-
-
-# -- images -------------------------------------------------------------------
-class _Images:
-    """Every picture the page shows, deduplicated by file; each becomes one thumbnail."""
-
-    def __init__(self, out: Path, thumb_px: int, embed: bool):
-        self.out, self.thumb_px, self.embed = out, thumb_px, embed
-        self.files_dir = out / FILES_DIR
-        self.index: dict[str, int] = {}
-        self.sources: list[tuple[Path, str, int]] = []
-        self.missing: list[str] = []
-
-    def add(self, path: str | Path | None, label: str, *, sharp: bool = False) -> int | None:
-        """`sharp`: a twice larger thumbnail (shown at the same size), so thin expert marks survive."""
-        if path is None:
-            self.missing.append(label)
-            return None
-        file = os.path.abspath(path)  # no symlink resolution: one stat per picture, not per question
-        px = self.thumb_px * (2 if sharp else 1)
-        key = f"{px}|{file}"
-        if key not in self.index:
-            if not os.path.isfile(file):
-                self.missing.append(label)
-                return None
-            self.index[key] = len(self.sources)
-            self.sources.append((Path(file), label, px))
-        return self.index[key]
-
-    @staticmethod
-    def _thumb_name(src: Path, px: int) -> str:
-        st = src.stat()
-        h = hashlib.sha1(f"{src}|{st.st_size}|{st.st_mtime_ns}|{px}".encode()).hexdigest()[:20]
-        return f"{h}.jpg"
-
-    @staticmethod
-    def _make_thumb(src: Path, dst: Path, px: int) -> bool:
-        from PIL import Image
-
-        if dst.exists():
-            return True  # made by an earlier report of the same image (name hashes size and mtime)
-        try:
-            with Image.open(src) as im:
-                im.draft("RGB", (px, px))  # JPEG: decode at reduced size, much faster
-                im = im.convert("RGB")
-                im.thumbnail((px, px))
-                from ..atomic import save_image
-
-                save_image(im, dst, format="JPEG", quality=82)
-            return True
-        except Exception as e:  # an unreadable picture must not stop the report
-            print(f"warning: {src}: cannot make a thumbnail ({type(e).__name__}: {e})", file=sys.stderr)
-            return False
-
-    def table(self, workers: int, progress: bool) -> list:
-        """[thumbnail URL, original URL or None, label] per image (None where unreadable)."""
-        from concurrent.futures import ThreadPoolExecutor
-
-        self.files_dir.mkdir(parents=True, exist_ok=True)
-        names = [self._thumb_name(src, px) for src, _, px in self.sources]
-        todo = [i for i, n in enumerate(names) if not (self.files_dir / n).exists()]
-        ok = [True] * len(names)
-        from ..running.progress import bar as progress_bar, say
-
-        if progress and todo:
-            say(f"report: making {len(todo)} thumbnails ({len(names) - len(todo)} reused from earlier reports)")
-        bar = progress_bar(len(todo), "thumbnails", "img", enabled_here=progress and len(todo) > 20)  # rate and time left
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            for i, good in zip(todo, pool.map(lambda i: self._make_thumb(self.sources[i][0], self.files_dir / names[i], self.sources[i][2]), todo)):
-                ok[i] = good
-                bar.update(1)
-        bar.close()
-        out = []
-        for (src, label, _), name, good in zip(self.sources, names, ok):
-            if not good:
-                out.append(None)
-            elif self.embed:
-                data = base64.b64encode((self.files_dir / name).read_bytes()).decode("ascii")
-                out.append([f"data:image/jpeg;base64,{data}", None, label])
-            else:
-                out.append([f"{FILES_DIR}/{name}", _rel_url(src, self.out), label])
-        return out
-
-
-def _rel_url(path: Path, base: Path) -> str:
-    try:
-        rel = os.path.relpath(path, base.resolve())
-    except ValueError:  # another drive on Windows
-        return path.resolve().as_uri()
-    return quote(rel.replace(os.sep, "/"))
-
-
-def _image_path(root: Path | None, key: str) -> str | None:
-    return None if root is None else os.path.join(root, key)  # strings: pathlib is slow for 40k rows
-
-
-def _template_path(root: Path | None, image_key: str, rel: str) -> str | None:
-    # same rule as Benchmark.template_path: from the data root, else from the category folder
-    if root is None:
-        return None
-    direct = os.path.join(root, rel)
-    parts = image_key.split("/")
-    if len(parts) < 2 or os.path.exists(direct):
-        return direct
-    return os.path.join(root, parts[0], parts[1], rel)
-
-
-def _picture_path(run_dir: Path, rel: str | None) -> Path | None:
-    if not rel:
-        return None
-    p = Path(rel)
-    return p if p.is_absolute() else run_dir / p
-
-
-# -- questions ----------------------------------------------------------------
-def _status(r: dict) -> str:
-    if r.get("error"):
-        return "e"
-    gold, given = r.get("correct_answer"), r.get("gpt_answer")
-    if given not in _LETTERS or gold not in _LETTERS:
-        return "p"
-    return "c" if given == gold else "w"
-
-
-def _change(base: dict | None, other: dict | None) -> str | None:
-    """How `other` differs from the reference answer: fixed, broke, changed (other wrong letter) or same."""
-    if base is None or other is None:
-        return None
-    if base["s"] == "c" and other["s"] != "c":
-        return "broke"
-    if base["s"] != "c" and other["s"] == "c":
-        return "fixed"
-    return "same" if (base.get("a"), base["s"]) == (other.get("a"), other["s"]) else "changed"
-
-
-def _short(value, limit: int = 2000):
-    text = json.dumps(value, default=str)
-    return value if len(text) <= limit else text[:limit] + "…"
-
-
-def _trace(trace: dict | None) -> dict | None:
-    if not trace:
-        return None
-    out: dict = {}
-    if isinstance(trace.get("retrieval"), dict):
-        out["retrieval"] = trace["retrieval"]
-    if isinstance(trace.get("expert"), dict):
-        out["expert"] = {k: v for k, v in trace["expert"].items() if k != "picture"}
-    if isinstance(trace.get("timings"), dict):
-        out["timings"] = {k: v for k, v in trace["timings"].items() if isinstance(v, (int, float))}
-    other = {k: _short(v) for k, v in trace.items() if k not in ("retrieval", "expert", "timings", "templates", "defect_examples")}
-    if other:
-        out["other"] = other
-    return out or None
-
-
-def _question_order(q: dict):
-    # by image, then by the question's index (qid = "<image>#<index>"), so a page reads image by image
-    tail = q["id"].rpartition("#")[2]
-    return (q["key"], int(tail) if tail.isdigit() else 0, q["id"])
-
-
-def _questions(runs: list[_Run], images: _Images) -> list[dict]:
-    by_id: dict[str, dict] = {}
-    for ri, run in enumerate(runs):
-        for r in run.records:
-            key = r["image"]
-            qid = r.get("qid") or f"{key}#{r.get('question')}"
-            trace = r.get("trace") or {}
-            tkeys = list(trace.get("templates") or [])
-            q = by_id.get(qid)
-            tmpl = [images.add(_template_path(run.data_root, key, k), k) for k in tkeys]
-            if q is None:
-                parts = key.split("/")
-                q = by_id[qid] = {
-                    "id": qid,
-                    "key": key,
-                    "ds": parts[0],
-                    "cat": parts[1] if len(parts) > 1 else "",
-                    "normal": "good" in key,
-                    "type": r.get("question_type", ""),
-                    "q": r.get("question", ""),
-                    "o": r.get("options") or {},
-                    "g": r.get("correct_answer"),
-                    "img": images.add(_image_path(run.data_root, key), key),
-                    "tp": tmpl,
-                    "dx": [images.add(_image_path(run.data_root, k), k) for k in trace.get("defect_examples") or []],
-                    "a": [None] * len(runs),
-                }
-            elif q["img"] is None and run.data_root is not None:
-                q["img"] = images.add(_image_path(run.data_root, key), key)
-            resp = r.get("response")
-            ans: dict = {"a": r.get("gpt_answer"), "s": _status(r)}
-            if resp is not None:
-                ans["r"] = resp if len(resp) <= MAX_RESPONSE_CHARS else resp[:MAX_RESPONSE_CHARS] + "…"
-            if r.get("error"):
-                ans["e"] = r["error"]
-            if isinstance(r.get("latency_s"), (int, float)):
-                ans["l"] = r["latency_s"]
-            t = _trace(trace)
-            if t:
-                ans["t"] = t
-            picture = (trace.get("expert") or {}).get("picture") if isinstance(trace.get("expert"), dict) else None
-            if picture:
-                ans["x"] = images.add(_picture_path(run.dir, picture), f"{run.name}: {picture}", sharp=True)
-            if tmpl != q["tp"]:
-                ans["tp"] = tmpl
-            if (r.get("options") or {}) != q["o"] or r.get("correct_answer") != q["g"]:
-                ans["o"], ans["g"] = r.get("options") or {}, r.get("correct_answer")
-            q["a"][ri] = ans
-    questions = sorted(by_id.values(), key=_question_order)
-    for q in questions:
-        q["ch"] = [None] + [_change(q["a"][0], a) for a in q["a"][1:]]
-    return questions
 
 
 # -- the static top of the page -----------------------------------------------
@@ -320,7 +64,7 @@ def _scores_table(rows: dict, columns, labels, intervals=None) -> str:
     return f'<table class="scores"><tr><th>dataset</th>{head}</tr>{"".join(body)}</table>'
 
 
-def _summary_table(runs: list[_Run], questions: list[dict]) -> str:
+def _summary_table(runs: list[Run], questions: list[dict]) -> str:
     from .reports import SHORT, fmt
     from ..protocol.scoring import SUBTASKS
 
@@ -369,7 +113,7 @@ def _link_img(src: str | None, alt: str, cls: str, caption: str | None = None) -
     return f'<figure class="{cls}"><a href="{src}" target="_blank" rel="noopener">{_img(src, alt)}</a>{cap}</figure>'
 
 
-def _header(runs: list[_Run], questions: list[dict], heatmaps: list[str | None], radar: str | None) -> str:
+def _header(runs: list[Run], questions: list[dict], heatmaps: list[str | None], radar: str | None) -> str:
     from .reports import SHORT
     from ..protocol.scoring import SUBTASKS
 
@@ -401,7 +145,7 @@ def _header(runs: list[_Run], questions: list[dict], heatmaps: list[str | None],
     return "\n".join(parts)
 
 
-def _plots(runs: list[_Run], out: Path, embed: bool) -> tuple[list[str | None], str | None]:
+def _plots(runs: list[Run], out: Path, embed: bool) -> tuple[list[str | None], str | None]:
     """URLs of each run's heatmap (made with reports.write_reports when missing or stale) and of a radar of these runs."""
     from .reports import radar, write_reports
 
@@ -456,13 +200,13 @@ def write_html_report(
     root = Path(data_root) if data_root else None
     if root is not None and not root.is_dir():
         raise MmadError(f"--data {root}: not a folder; pass the data root the runs were evaluated on")
-    runs = [_load_run(Path(d), root) for d in run_dirs]
-    _unique_names(runs)
+    runs = [load_run(Path(d), root) for d in run_dirs]
+    unique_names(runs)
     out_dir = Path(out) if out else runs[0].dir
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / FILES_DIR).mkdir(exist_ok=True)
-    images = _Images(out_dir, thumb_px, embed_images)
-    questions = _questions(runs, images)
+    images = Images(out_dir, thumb_px, embed_images)
+    questions = question_rows(runs, images)
     heatmaps, radar = _plots(runs, out_dir, embed_images)
     table = images.table(workers, progress)
     if images.missing:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..atomic import save_figure, write_text
 from ..running.records import run_records
+from ..protocol.record import as_records
 from ..protocol.scoring import EXTRA_METRICS, SUBTASKS, Scores, score_records, strict_accuracy
 from .uncertainty import CELLS as INTERVAL_COLUMNS
 from .uncertainty import score_intervals
@@ -83,7 +84,8 @@ def scores_json(scores: Scores, extra: dict | None = None) -> str:
     return json.dumps(out, indent=2)
 
 
-def report_markdown(run_dir: Path, records: list[dict], scores: Scores) -> str:
+def report_markdown(run_dir: Path, records, scores: Scores) -> str:
+    records = as_records(records)
     meta = _run_meta(run_dir)
     out = [f"# MMAD run report: `{run_dir.name}`", ""]
     if meta:
@@ -102,10 +104,10 @@ def report_markdown(run_dir: Path, records: list[dict], scores: Scores) -> str:
         "| " + " | ".join(fmt(strict[s]) for s in SUBTASKS) + " |",
         "",
     ]
-    errs = [r for r in records if r.get("error")]
+    errs = [r for r in records if r.error]
     if errs:
         out += [f"## Errors ({len(errs)} questions; rerun the same command to retry them)", ""]
-        out += [f"- `{r['qid']}`: {r['error'][:200]}" for r in errs[:20]]
+        out += [f"- `{r.qid}`: {r.error[:200]}" for r in errs[:20]]
         out.append("")
     from . import trace_summary
 
@@ -133,7 +135,7 @@ def write_reports(run_dirs: list[Path], out_dir: Path | None = None) -> tuple[li
     """Score each run, write its files into the run folder; the radar holds all runs."""
     all_scores = []
     for rd in run_dirs:
-        records = run_records(rd)
+        records = as_records(run_records(rd))
         scores = score_records(records)
         scores.intervals = score_intervals(records)
         all_scores.append(scores)
@@ -255,16 +257,17 @@ def robust_json(records) -> dict:
 
 def robust_sections(records, scores: Scores) -> list[str]:
     """report.md sections for --circular and --judge runs (nothing for other runs)."""
+    records = as_records(records)
     out = []
     extra = robust_scores(records)
     if "circular" in extra:
-        n = sum(1 for r in records if "circular_correct" in r)
+        n = sum(1 for r in records if r.circular_correct is not None)
         out += ["## CircularEval accuracy (right only if every rotation of the options is right; not MMAD's figure)", "",
                 f"{n} questions asked in every rotation; parse failures count wrong here. MMAD's single-shuffle accuracy is the table above.", "",
                 markdown_table(extra["circular"]), ""]
     if "with judge" in extra:
-        judged = sum(1 for r in records if r.get("judge_answer") and r.get("gpt_answer") is None)
-        asked = sum(1 for r in records if "judge_answer" in r)
+        judged = sum(1 for r in records if r.judge is not None and r.judge.answer and r.model_answer is None)
+        asked = sum(1 for r in records if r.judge is not None)
         out += ["## Accuracy with the judge (judge letters stand in for unparsed answers; not MMAD's rule)", "",
                 f"The judge was asked about {asked} unparsed responses and gave a letter for {judged}. "
                 "Without the judge (MMAD's rule) is the table above.", "",

@@ -6,16 +6,22 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 
-from ..protocol.scoring import is_normal_image
+from ..protocol.keys import is_normal_key
+from ..protocol.record import ExpertTrace, Record, RetrievalTrace, Trace, as_records
 
 
-def _per_image(records: list[dict]) -> dict[str, tuple[dict, dict]]:
+def _per_image(records: list[Record]) -> dict[str, Trace]:
     out = {}
     for r in records:
-        t = r.get("trace") or {}
-        if t and r.get("image"):
-            out[r["image"]] = (r, t)
+        t = r.trace
+        if isinstance(t, Trace) and t.to_json() and r.image:
+            out[r.image] = t
     return out
+
+
+def _section(value, kind):
+    """A trace section the boost wrote (an empty or malformed one counts as not written)."""
+    return value if isinstance(value, kind) and value.to_json() else None
 
 
 def _mean(xs):
@@ -27,51 +33,51 @@ def _rate(n: int, d: int) -> float | None:
     return None if d == 0 else n / d
 
 
-def summarize(records: list[dict]) -> dict:
+def summarize(records) -> dict:
     """Figures from the traces: {"retrieval": {...}, "expert": {...}, "timings": {...}}; keys absent when unused."""
+    records = as_records(records)
     images = _per_image(records)
     out: dict = {}
-    ret = [(k, t["retrieval"]) for k, (_, t) in images.items() if t.get("retrieval")]
+    ret: list[tuple[str, RetrievalTrace]] = [(k, s) for k, t in images.items() if (s := _section(t.retrieval, RetrievalTrace))]
     if ret:
-        truth = [x for _, x in ret if x.get("true_category") is not None]
-        right = sum(x.get("category") == x.get("true_category") for x in truth)
-        unknown = sum(x.get("category") is None for _, x in ret)
-        wrong = Counter((x["true_category"], x.get("category")) for x in truth if x.get("category") not in (None, x["true_category"]))
+        truth = [x for _, x in ret if x.true_category is not None]
+        right = sum(x.category == x.true_category for x in truth)
+        unknown = sum(x.category is None for _, x in ret)
+        wrong = Counter((x.true_category, x.category) for x in truth if x.category not in (None, x.true_category))
         out["retrieval"] = {
             "images": len(ret),
-            "modes": sorted({str(x.get("mode")) for _, x in ret}),
+            "modes": sorted({str(x.mode) for _, x in ret}),
             "with_truth": len(truth),
             "right": right,
             "accuracy": _rate(right, len(truth)),
             "unknown": unknown,
             "unknown_rate": _rate(unknown, len(ret)),
             "confusions": [f"{a} -> {b} ({n})" for (a, b), n in wrong.most_common(5)],
-            "mean_score": _mean([x.get("score") for _, x in ret]),
-            "mean_knowledge_chars": _mean([x.get("knowledge_chars", 0) for _, x in ret]),
+            "mean_score": _mean([x.score for _, x in ret]),
+            "mean_knowledge_chars": _mean([0 if x.knowledge_chars is None else x.knowledge_chars for _, x in ret]),
         }
-    exp = [(k, t["expert"]) for k, (_, t) in images.items() if t.get("expert")]
+    exp: list[tuple[str, ExpertTrace]] = [(k, s) for k, t in images.items() if (s := _section(t.expert, ExpertTrace))]
     if exp:
-        normal = [x for k, x in exp if is_normal_image(k)]
-        bad = [x for k, x in exp if not is_normal_image(k)]
-        decided = [(k, x) for k, x in exp if x.get("decision") is not None]
+        normal = [x for k, x in exp if is_normal_key(k)]
+        bad = [x for k, x in exp if not is_normal_key(k)]
+        decided = [(k, x) for k, x in exp if x.decision is not None]
         out["expert"] = {
-            "names": sorted({f"{x.get('name')} ({x.get('mode', 'faithful')}, {x.get('style')})" for _, x in exp}),
+            "names": sorted({f"{x.name} ({x.mode or 'faithful'}, {x.style})" for _, x in exp}),
             "normal_images": len(normal),
             "defective_images": len(bad),
-            "false_marks": sum(bool(x.get("marked")) for x in normal),
-            "false_mark_rate": _rate(sum(bool(x.get("marked")) for x in normal), len(normal)),
-            "marks_on_defective": sum(bool(x.get("marked")) for x in bad),
-            "hit_rate": _rate(sum(bool(x.get("marked")) for x in bad), len(bad)),
-            "decision_accuracy": _rate(sum(bool(x["decision"]) != is_normal_image(k) for k, x in decided), len(decided)),
-            "mean_score_normal": _mean([x.get("score") for x in normal]),
-            "mean_score_defective": _mean([x.get("score") for x in bad]),
+            "false_marks": sum(bool(x.marked) for x in normal),
+            "false_mark_rate": _rate(sum(bool(x.marked) for x in normal), len(normal)),
+            "marks_on_defective": sum(bool(x.marked) for x in bad),
+            "hit_rate": _rate(sum(bool(x.marked) for x in bad), len(bad)),
+            "decision_accuracy": _rate(sum(bool(x.decision) != is_normal_key(k) for k, x in decided), len(decided)),
+            "mean_score_normal": _mean([x.score for x in normal]),
+            "mean_score_defective": _mean([x.score for x in bad]),
         }
     stages = defaultdict(list)
-    for _, t in images.values():
-        for stage, sec in (t.get("timings") or {}).items():
-            if isinstance(sec, (int, float)):
-                stages[stage].append(float(sec))
-    lat = [r.get("latency_s") for r in records if isinstance(r.get("latency_s"), (int, float))]
+    for t in images.values():
+        for stage, sec in t.stage_seconds().items():
+            stages[stage].append(float(sec))
+    lat = [r.latency_seconds for r in records if r.has_latency()]
     if stages or lat:
         # a stage counts only the images that ran it (a per-category fit runs once per category)
         timings = {s: {"mean_s": sum(v) / len(v), "images": len(v)} for s, v in sorted(stages.items())}
@@ -85,7 +91,7 @@ def _pct(v) -> str:
     return "n/a" if v is None else f"{100 * v:.1f} %"
 
 
-def markdown(records: list[dict]) -> list[str]:
+def markdown(records) -> list[str]:
     s = summarize(records)
     if not (s.get("retrieval") or s.get("expert")):
         return []

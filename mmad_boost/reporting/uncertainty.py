@@ -20,11 +20,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..protocol.scoring import SUBTASKS, is_normal_image, latest_records, subtask_of
+from ..protocol.keys import dataset_of
+from ..protocol.record import as_records
+from ..protocol.scoring import SUBTASKS, latest_records, subtask_of
 
 CELLS = SUBTASKS + ("Average", "Overkill", "Miss")  # the columns that get an interval
 _KEYS = ("normal", "abnormal") + SUBTASKS[1:]  # what is counted per image: AD split by image kind
-_VALID = set("ABCDE")
 _CHUNK = 250  # replicates per matrix product (bounds memory for MMAD-size runs)
 DEFAULTS = {"n_boot": 1000, "confidence": 0.95, "seed": 0}
 MIN_IMAGES = 20  # below this many images in a dataset the percentile interval is a rough guide
@@ -81,22 +82,20 @@ def _counts(records, images: dict[str, int], datasets: dict[str, int]):
     count = np.zeros((len(images), width))
     rows, cols, hits = [], [], []
     for r in latest_records(records):
-        img = r.get("image")
-        if img not in images:
+        if r.image not in images:
             continue
-        gold, given = r.get("correct_answer"), r.get("gpt_answer")
-        if gold not in _VALID or given not in _VALID:
+        if not r.is_valid:
             continue  # dropped, as MMAD's scorer drops it
-        st = subtask_of(r.get("question_type", ""))
+        st = subtask_of(r.question_type)
         if st == "Anomaly Detection":
-            key = "normal" if is_normal_image(img) else "abnormal"
+            key = "normal" if r.is_normal else "abnormal"
         elif st in SUBTASKS:
             key = st
         else:
             continue
-        rows.append(images[img])
-        cols.append(datasets[img.split("/")[0]] * n_keys + _KEYS.index(key))
-        hits.append(gold == given)
+        rows.append(images[r.image])
+        cols.append(datasets[r.dataset] * n_keys + _KEYS.index(key))
+        hits.append(r.correct_answer == r.model_answer)
     if rows:
         np.add.at(count, (np.array(rows), np.array(cols)), 1.0)
         np.add.at(correct, (np.array(rows), np.array(cols)), np.array(hits, dtype=float))
@@ -105,11 +104,11 @@ def _counts(records, images: dict[str, int], datasets: dict[str, int]):
 
 def _index(records_list) -> tuple[dict[str, int], dict[str, int], list[np.ndarray]]:
     """Images present in every given record list (the paired set), their datasets, and images per dataset."""
-    sets = [{r.get("image") for r in recs if r.get("image")} for recs in records_list]
+    sets = [{r.image for r in recs if r.image} for recs in records_list]
     common = sorted(set.intersection(*sets)) if sets else []
-    datasets = {ds: i for i, ds in enumerate(sorted({k.split("/")[0] for k in common}))}
+    datasets = {ds: i for i, ds in enumerate(sorted({dataset_of(k) for k in common}))}
     images = {k: i for i, k in enumerate(common)}
-    strata = [np.array([images[k] for k in common if k.split("/")[0] == ds], dtype=int) for ds in datasets]
+    strata = [np.array([images[k] for k in common if dataset_of(k) == ds], dtype=int) for ds in datasets]
     return images, datasets, strata
 
 
@@ -190,7 +189,7 @@ def _bounds(reps: np.ndarray, confidence: float) -> tuple[np.ndarray, np.ndarray
 
 def score_intervals(records, *, n_boot: int = 1000, confidence: float = 0.95, seed: int = 0) -> Intervals:
     """Bootstrap intervals for every cell of `score_records(records)`'s table (columns CELLS), dataset rows and Average."""
-    records = list(records)
+    records = as_records(records)
     images, datasets, strata = _index([records])
     names = list(datasets) + ["Average"]
     if not images:
@@ -207,11 +206,11 @@ def score_intervals(records, *, n_boot: int = 1000, confidence: float = 0.95, se
 def paired_delta_intervals(records_a, records_b, *, n_boot: int = 1000, confidence: float = 0.95, seed: int = 0, paired: bool = True) -> DeltaIntervals:
     """Intervals for B - A on the images both runs answered; `paired=False` resamples the runs independently
     (only for comparison: it ignores what the runs share and gives wider intervals)."""
-    records_a, records_b = list(records_a), list(records_b)
+    records_a, records_b = as_records(records_a), as_records(records_b)
     images, datasets, strata = _index([records_a, records_b])
     names = list(datasets) + ["Average"]
     notes = []
-    all_images = {r.get("image") for r in records_a} | {r.get("image") for r in records_b}
+    all_images = {r.image for r in records_a} | {r.image for r in records_b}
     if len(all_images) > len(images):
         notes.append(f"intervals use the {len(images)} images both runs answered ({len(all_images) - len(images)} answered by one run only)")
     if not images:

@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 from ..errors import MmadError
+from .encoders import DEFAULT_IMAGE_ENCODER
+from .store import KINDS
 
 
 def register_cli(sub) -> None:
@@ -19,9 +21,9 @@ def register_cli(sub) -> None:
     b.add_argument("--data", required=True, help="MMAD-layout root: references from <Dataset>/<category>/train/good")
     b.add_argument("--knowledge", action="append", default=[], metavar="PATH", help="knowledge folder or .toml file (repeatable; default: the shipped knowledge_base/)")
     b.add_argument("--mmad-knowledge", metavar="FILE", help="import MMAD's domain_knowledge.json")
-    b.add_argument("--encoder", default="efficientnet-lite0", help="efficientnet-lite0 (default) or open_clip:<arch>:<weights file>")
+    b.add_argument("--encoder", default=DEFAULT_IMAGE_ENCODER, help=f"{DEFAULT_IMAGE_ENCODER} (default) or open_clip:<arch>:<weights file>")
     b.add_argument("--refs-per-category", type=int, default=5, metavar="N", help="reference images per category (default 5; 0 = all)")
-    b.add_argument("--index", default="flat", choices=["flat", "ivf", "hnsw"], help="FAISS index: flat (exact), ivf or hnsw (approximate, for large KBs); default flat")
+    b.add_argument("--index", default=KINDS[0], choices=KINDS, help="FAISS index: flat (exact), ivf or hnsw (approximate, for large KBs); default flat")
     b.add_argument("--threshold", type=float, help="similarity below which a query is 'unknown' (default 0.5)")
     b.add_argument("--ref-selection", default="k-center", choices=["k-center", "first"],
                    help="how references are picked from train/good: k-center (cover the category's variation, from up to 8 x N "

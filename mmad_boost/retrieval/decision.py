@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .images import thumb
 from .rerank import relative_margin
 
 
@@ -82,9 +83,7 @@ class TwoStageDecision:
         if self.ref_patches is None or len(self.ref_patches) != len(store):
             with self._lock:
                 if self.ref_patches is None or len(self.ref_patches) != len(store):
-                    from .retriever import _thumb
-
-                    imgs = [_thumb(Path(m["image"])) for m in store.meta]
+                    imgs = [thumb(Path(m["image"])) for m in store.meta]
                     self.ref_patches = self.reranker.features(imgs).astype(np.float16)
         return self.ref_patches
 

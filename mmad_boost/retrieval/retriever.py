@@ -11,7 +11,6 @@ Modes (`retrieve(mode=...)`):
 """
 from __future__ import annotations
 
-import json
 import threading
 import time
 from dataclasses import dataclass, field
@@ -20,14 +19,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..atomic import save_npy, write_text
 from ..errors import MmadError
 from .encoders import DEFAULT_IMAGE_ENCODER, DEFAULT_TEXT_ENCODER, Encoder, create_encoder
+from .images import open_image, shrunk, thumb
+from .kb_folder import KB_FORMAT, encoder_spec, load_kb, save_kb  # noqa: F401  (KB_FORMAT: importable from here as before)
 from .knowledge import DEFAULT_BUDGET, CategoryKnowledge, KnowledgeSet, import_mmad_knowledge, knowledge_dataset, load_knowledge
 from .references import DEFAULT_REFS, IMAGE_SUFFIXES, bundled_references, disk_cache_load, disk_cache_save, mmad_layout_references, select_references
 from .decision import TwoStageDecision, rank_votes  # noqa: F401  (rank_votes: importable from here as before)
 from .rerank import PatchReranker
-from .store import VectorStore, describe, same_encoder
+from .store import VectorStore
 
 __all__ = ["KnowledgeRetriever", "Retrieval", "MODES", "DEFAULT_THRESHOLD", "IMAGE_SUFFIXES", "mmad_layout_references"]
 
@@ -36,7 +36,6 @@ MODES = ("oracle", "image", "text", "image+text")
 # capsules: own category >= 0.89, the other category <= 0.38, natural photos <= 0.24 (docs/knowledge.md).
 DEFAULT_THRESHOLD = 0.5
 DEFAULT_K = 5
-KB_FORMAT = 1
 
 
 @dataclass
@@ -63,34 +62,6 @@ class Retrieval:
 
 def _chunk(c: CategoryKnowledge, e, score: float | None = None) -> dict:
     return {"dataset": c.dataset, "category": c.category, "entry": e.name, "kind": e.kind, "text": c.entry_text(e), "score": score}
-
-
-def _open_image(image) -> Image.Image:
-    if isinstance(image, Image.Image):
-        return image
-    p = Path(image)
-    try:
-        with Image.open(p) as im:
-            return im.convert("RGB")
-    except FileNotFoundError:
-        raise MmadError(f"{p}: image not found") from None
-    except OSError as e:
-        raise MmadError(f"{p}: not a readable image ({e})") from None
-
-
-def _shrunk(image: Image.Image, size: int = 320) -> Image.Image:
-    """The query as the references are decoded (`_thumb`), so both reach the re-ranker alike."""
-    if max(image.size) <= size:
-        return image
-    im = image.convert("RGB")
-    im.thumbnail((size, size))
-    return im
-
-
-def _thumb(path: Path, size: int = 320) -> Image.Image:
-    im = _open_image(path)
-    im.thumbnail((size, size))  # the encoders work at <= 224 px; smaller decodes are faster
-    return im
 
 
 class KnowledgeRetriever(TwoStageDecision):
@@ -151,7 +122,7 @@ class KnowledgeRetriever(TwoStageDecision):
         """A KB folder written by `kb build`/`save`, or a knowledge folder, .toml file or MMAD .json file."""
         p = Path(path)
         if p.is_dir() and (p / "kb.json").is_file():
-            return cls._load_kb(p, **kw)
+            return load_kb(cls, p, **kw)
         return cls(load_knowledge(p), source=str(p), **kw)
 
     @classmethod
@@ -249,7 +220,7 @@ class KnowledgeRetriever(TwoStageDecision):
         store = VectorStore(enc.identity, self.store_kind)
         for c in cats:
             pool = c.references if selection == "k-center" else c.references[: refs_per_category or None]
-            vecs = enc.encode_images([_thumb(p) for p in pool])
+            vecs = enc.encode_images([thumb(p) for p in pool])
             keep = select_references(vecs, refs_per_category) if selection == "k-center" else list(range(len(pool)))
             c.references = [pool[i] for i in keep]
             store.add(vecs[keep], [{"dataset": c.dataset, "category": c.category, "image": str(p)} for p in c.references])
@@ -284,7 +255,7 @@ class KnowledgeRetriever(TwoStageDecision):
             return self._text(question, dataset, category, top_k)
         if image is None:
             raise MmadError(f"{mode} retrieval needs the query image; pass image=PIL image or path")
-        r = self._image(_open_image(image))
+        r = self._image(open_image(image))
         if mode == "image+text" and r.category is not None:
             c = self.knowledge.find(r.category, r.dataset)
             if question:
@@ -325,7 +296,7 @@ class KnowledgeRetriever(TwoStageDecision):
         scores, ids = store.search(q, n)
         t2 = time.perf_counter()
         r = Retrieval("image", None, None, encode_ms=(t1 - t0) * 1000, search_ms=(t2 - t1) * 1000)
-        d = self.decide(ids[0], scores[0], lambda: self.reranker.features([_shrunk(image)])[0])
+        d = self.decide(ids[0], scores[0], lambda: self.reranker.features([shrunk(image)])[0])
         if not d["order"]:
             return r
         glob, order = dict(d["ranked"]), d["order"]
@@ -381,81 +352,15 @@ class KnowledgeRetriever(TwoStageDecision):
     def config(self) -> dict:
         """Identity for run.json; stable across resumes (never depends on what was lazily built yet)."""
         cfg = {"source": self.source, "categories": len(self.knowledge), "k": self.k, "threshold": self.threshold,
-               "budget": self.budget, "image_encoder": _spec(self._image_encoder_spec)}
+               "budget": self.budget, "image_encoder": encoder_spec(self._image_encoder_spec)}
         if self.reranker is not None:  # only then: identities of runs without a re-ranker stay as they were
             cfg["rerank"] = self.reranker.config()
             cfg["margin_threshold"] = self.margin_threshold
         return cfg
 
     def save(self, directory: str | Path, refs_per_category: int | None = None) -> Path:
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        manifest = {"format": KB_FORMAT, "k": self.k, "threshold": self.threshold, "budget": self.budget,
-                    "top_k_chunks": self.top_k_chunks, "store_kind": self.store_kind, "source": self.source, "stores": {}}
-        has_refs = any(c.references for c in self.knowledge) or self.image_store is not None
-        if has_refs:
-            self._ensure_image_store(refs_per_category).save(d, "image")
-            manifest["stores"]["image"] = {"encoder": _spec(self._image_encoder_spec), "identity": self.image_store.identity}
-            if self.reranker is not None:
-                save_npy(d / "image_patches.npy", self._ensure_ref_patches())
-                manifest.update(rerank=self.reranker.config(), margin_threshold=self.margin_threshold, calibration=self.calibration)
-        if self.text_store is not None:
-            self.text_store.save(d, "text")
-            manifest["stores"]["text"] = {"encoder": _spec(self._text_encoder_spec), "identity": self.text_store.identity}
-        write_text(d / "knowledge.json", json.dumps([c.to_json() for c in self.knowledge], indent=1, ensure_ascii=False))
-        write_text(d / "kb.json", json.dumps(manifest, indent=1))  # last: a folder without it is not a KB
-        return d
-
-    @classmethod
-    def _load_kb(cls, d: Path, image_encoder: str | Encoder | None = None, text_encoder: str | Encoder | None = None, **kw) -> "KnowledgeRetriever":
-        try:
-            manifest = json.loads((d / "kb.json").read_text(encoding="utf-8"))
-            cats = [CategoryKnowledge.from_json(x) for x in json.loads((d / "knowledge.json").read_text(encoding="utf-8"))]
-        except FileNotFoundError as e:
-            raise MmadError(f"{e.filename}: missing from the KB folder; rebuild it with `mmad-boost kb build`") from None
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise MmadError(f"{d}: damaged KB files ({e}); rebuild it with `mmad-boost kb build`") from None
-        if manifest.get("format") != KB_FORMAT:
-            raise MmadError(f"{d / 'kb.json'}: KB format {manifest.get('format')} is not {KB_FORMAT}; rebuild with `mmad-boost kb build`")
-        stores = {}
-        encoders = {"image": image_encoder, "text": text_encoder}
-        for kind, info in manifest.get("stores", {}).items():
-            asked = encoders[kind]
-            if asked is not None:
-                enc = asked if isinstance(asked, Encoder) else create_encoder(asked)
-                stores[kind] = VectorStore.load(d, kind, enc.identity)
-            else:
-                stores[kind] = VectorStore.load(d, kind)
-                enc = create_encoder(info["encoder"])
-                if not same_encoder(enc.identity, stores[kind].identity):
-                    raise MmadError(f"{d}: the {kind} store was built with {describe(stores[kind].identity)} but "
-                                    f"{info['encoder']} now loads as {describe(enc.identity)}; rebuild with `mmad-boost kb build`")
-            encoders[kind] = enc
-        opts = {k: manifest[k] for k in ("k", "threshold", "budget", "top_k_chunks", "store_kind", "margin_threshold", "calibration") if k in manifest}
-        if manifest.get("rerank") and "image" in stores:
-            opts["rerank"] = manifest["rerank"]
-            opts["ref_patches"] = _load_patches(d / "image_patches.npy", len(stores["image"]))
-        opts.update(kw)
-        return cls(KnowledgeSet(cats), image_encoder=encoders["image"] or DEFAULT_IMAGE_ENCODER, text_encoder=encoders["text"],
-                   image_store=stores.get("image"), text_store=stores.get("text"), source=str(d), **opts)
-
-
-def _load_patches(f: Path, rows: int) -> np.ndarray:
-    try:
-        patches = np.load(f, allow_pickle=False)
-    except FileNotFoundError:
-        raise MmadError(f"{f}: missing from the KB folder (its kb.json asks for re-ranking); rebuild with `mmad-boost kb build`") from None
-    except Exception as e:  # truncated or foreign files
-        raise MmadError(f"{f}: damaged patch features ({str(e).splitlines()[0][:120]}); rebuild with `mmad-boost kb build`") from None
-    if patches.ndim != 3 or len(patches) != rows or patches.dtype != np.float16:
-        raise MmadError(f"{f}: holds {patches.shape} {patches.dtype} patch features for {rows} references; rebuild with `mmad-boost kb build`")
-    return patches
-
-
-def _spec(enc) -> str | None:
-    if enc is None:
-        return None
-    return (enc.spec or enc.name) if isinstance(enc, Encoder) else str(enc)
+        """Write a KB folder that `load` reads back (kb_folder.py)."""
+        return save_kb(self, directory, refs_per_category)
 
 
 _DEFAULT: KnowledgeRetriever | None = None

@@ -1,7 +1,8 @@
 """A FAISS vector store with per-row metadata; saved as FAISS's index file plus JSON (no pickle).
 
 `kind`: `flat` (exact inner product, the default), `ivf` (inverted lists, trained on the data; for
-large stores) or `hnsw` (graph). Vectors are L2-normalised, so inner product = cosine similarity.
+large stores) or `hnsw` (graph). Each kind names a FAISS `index_factory` string (`INDEX_KINDS`).
+Vectors are L2-normalised, so inner product = cosine similarity.
 """
 from __future__ import annotations
 
@@ -11,9 +12,35 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import MmadError
+from ..registry import Registry
 
 FORMAT_VERSION = 1
-KINDS = ("flat", "ivf", "hnsw")
+HNSW_M = 32  # graph neighbours per node (FAISS's HNSW32)
+
+
+def ivf_lists(n: int) -> int:
+    """About sqrt(n) inverted lists, with at least 39 training vectors per list (FAISS's minimum)."""
+    return max(1, min(int(np.sqrt(max(n, 1))), n // 39 or 1))
+
+
+def _flat(n: int, nlist: int | None, hnsw_m: int) -> str:
+    return "Flat"
+
+
+def _ivf(n: int, nlist: int | None, hnsw_m: int) -> str:
+    return f"IVF{nlist or ivf_lists(n)},Flat"
+
+
+def _hnsw(n: int, nlist: int | None, hnsw_m: int) -> str:
+    return f"HNSW{hnsw_m},Flat"
+
+
+# store kind -> its FAISS index_factory string for n vectors (always with the inner-product metric)
+INDEX_KINDS = Registry("store kind")
+INDEX_KINDS.register("flat", _flat)
+INDEX_KINDS.register("ivf", _ivf)
+INDEX_KINDS.register("hnsw", _hnsw)
+KINDS = tuple(INDEX_KINDS.names())
 
 
 def _faiss():
@@ -23,9 +50,9 @@ def _faiss():
 
 
 class VectorStore:
-    def __init__(self, identity: dict, kind: str = "flat", nlist: int | None = None, hnsw_m: int = 32):
-        if kind not in KINDS:
-            raise MmadError(f"store kind {kind!r}: use one of {', '.join(KINDS)}")
+    def __init__(self, identity: dict, kind: str = "flat", nlist: int | None = None, hnsw_m: int = HNSW_M):
+        if kind not in INDEX_KINDS:  # the registry, not KINDS: a kind registered later is accepted too
+            raise MmadError(f"store kind {kind!r}: use one of {', '.join(INDEX_KINDS.names())}")
         self.identity = dict(identity)
         self.dim = int(identity["dim"])
         self.kind = kind
@@ -54,17 +81,13 @@ class VectorStore:
     def _build(self):
         faiss = _faiss()
         data = self.vectors()
-        if self.kind == "flat":
-            index = faiss.IndexFlatIP(self.dim)
-        elif self.kind == "hnsw":
-            index = faiss.IndexHNSWFlat(self.dim, self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
-        else:
-            nlist = self.nlist or max(1, min(int(np.sqrt(max(len(data), 1))), len(data) // 39 or 1))
-            quantizer = faiss.IndexFlatIP(self.dim)
-            index = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
-            if len(data):
-                index.train(data)
-            index.nprobe = min(nlist, 8)
+        factory = INDEX_KINDS.create(self.kind, n=len(data), nlist=self.nlist, hnsw_m=self.hnsw_m)
+        index = faiss.index_factory(self.dim, factory, faiss.METRIC_INNER_PRODUCT)
+        if len(data) and not index.is_trained:
+            index.train(data)  # IVF: the lists' centroids come from all the data
+        ivf = faiss.try_extract_index_ivf(index)
+        if ivf is not None:
+            ivf.nprobe = min(ivf.nlist, 8)
         if len(data):
             index.add(data)
         self.index = index
@@ -128,7 +151,7 @@ class VectorStore:
             raise MmadError(f"{vec_file}: damaged vectors file ({e}); rebuild with `mmad-boost kb build`") from None
         if index.ntotal != len(meta) or index.d != identity["dim"] or vectors.shape != (len(meta), identity["dim"]):
             raise MmadError(f"{index_file}: holds {index.ntotal} x {index.d} vectors but the metadata lists {len(meta)} x {identity['dim']}; rebuild the store")
-        store = cls(identity, info.get("kind", "flat"), info.get("nlist"), info.get("hnsw_m", 32))
+        store = cls(identity, info.get("kind", "flat"), info.get("nlist"), info.get("hnsw_m", HNSW_M))
         store.meta = meta
         store._pending = [vectors.astype(np.float32)]
         store.index = index

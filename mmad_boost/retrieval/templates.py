@@ -16,13 +16,15 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import MmadError
-from .references import IMAGE_SUFFIXES
+from ..protocol.keys import IMAGE_SUFFIXES
+from .encoders import DEFAULT_IMAGE_ENCODER
+from .images import shrunk, thumb
 
 SHORTLIST = 8  # candidates handed from the global embedding to the patch re-ranker
 
 
 class TemplateRanker:
-    def __init__(self, encoder: str = "efficientnet-lite0", reranker=None):
+    def __init__(self, encoder: str = DEFAULT_IMAGE_ENCODER, reranker=None):
         self.encoder_spec, self._reranker = encoder, reranker
         self._global: dict[str, np.ndarray] = {}
         self._patches: dict[str, np.ndarray] = {}
@@ -38,23 +40,20 @@ class TemplateRanker:
 
     def _features(self, paths: list[Path]) -> tuple[np.ndarray, list[str]]:
         from .encoders import create_encoder
-        from .retriever import _thumb
 
         keys = [str(p) for p in paths]
         todo = [p for p, k in zip(paths, keys) if k not in self._global]
         if todo:
-            thumbs = [_thumb(p) for p in todo]
+            thumbs = [thumb(p) for p in todo]
             vecs = create_encoder(self.encoder_spec).encode_images(thumbs)
             with self._lock:
                 self._global.update({str(p): v for p, v in zip(todo, vecs)})
         return np.stack([self._global[k] for k in keys]), keys
 
     def _patch(self, path: Path) -> np.ndarray:
-        from .retriever import _thumb
-
         k = str(path)
         if k not in self._patches:
-            f = self.reranker.features([_thumb(path)])[0]
+            f = self.reranker.features([thumb(path)])[0]
             with self._lock:
                 self._patches[k] = f
         return self._patches[k]
@@ -62,14 +61,13 @@ class TemplateRanker:
     def rank(self, query, candidates: list[Path], n: int) -> list[int]:
         """Indices of the n candidates most like `query` (a PIL image), best first."""
         from .encoders import create_encoder
-        from .retriever import _shrunk
 
         if not candidates:
             return []
         vecs, _ = self._features(candidates)
         q = create_encoder(self.encoder_spec).encode_images([query])[0]
         short = list(np.argsort(-(vecs @ q))[: max(SHORTLIST, n)])
-        qp = self.reranker.features([_shrunk(query)])[0]
+        qp = self.reranker.features([shrunk(query)])[0]
         d = self.reranker.distances(qp, np.stack([self._patch(candidates[i]) for i in short]))
         return [int(short[i]) for i in np.argsort(d, kind="stable")[:n]]
 

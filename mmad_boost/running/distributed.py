@@ -1,8 +1,8 @@
 """Evaluation on a Ray cluster: per-image work fanned out to Ray actors, records gathered here.
 
 Each image goes to one actor, which loads its images, runs the model's `prepare` once and asks
-all of that image's questions; the driver appends the records to the run folder as they arrive,
-with the same resume rule and run.json identity check as the local `Runner`.
+all of that image's questions (`Runner.ask_image`). `RayExecutor` is that fan-out; the loop that
+claims the run folder, resumes and appends the records as they arrive is the local one (loop.py).
 
 The model reaches the workers in one of three ways:
 - a SPEC string (`"hf:/models/llava"`): each actor builds the model itself (weights load on the
@@ -15,15 +15,13 @@ use a shared file system. Import of ray happens in `run`, so the CLI stays fast.
 from __future__ import annotations
 
 import os
-import sys
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable
 
 from ..protocol.data import Benchmark, Question, Sample
 from ..errors import MmadError
-from .records import RecordWriter, unlock_records
-from .runner import ErrorStreak, Runner, RunSummary, _ImageCache, _progress, in_shard
+from .loop import run_questions
+from .runner import Runner, RunSummary, in_shard
 
 # Environment variables forwarded to workers when set in the driver (offline model loading).
 FORWARDED_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME")
@@ -61,13 +59,7 @@ class ImageWorker:
 
     def ask_image(self, key: str, indices: list[int]) -> tuple[list[dict], int]:
         sample = self.runner.bench.by_key[key]
-        questions = [sample.questions[i] for i in indices]
-        cache = _ImageCache(self.runner._image_context, {key: len(questions)})
-        records = []
-        for q in questions:
-            records.append(self.runner._ask(cache, sample, q))
-            cache.done(key)
-        return records, cache.built
+        return self.runner.ask_image(sample, [sample.questions[i] for i in indices])
 
     def close(self) -> None:
         close = getattr(self.runner.model, "close", None)
@@ -121,7 +113,6 @@ class RayRunner:
         self.max_consecutive_errors = runner_kwargs.get("max_consecutive_errors", 20)
         self.runner_kwargs = runner_kwargs
         self.images_prepared = 0
-        self._lock = -1
 
     # -- ray set-up ------------------------------------------------------------
     def _start_ray(self):
@@ -178,94 +169,103 @@ class RayRunner:
         bench = ray.put(self.bench)  # sent once, shared by all actors
         return [cls.remote(bench, model, self.model_factory, str(self.out), kwargs) for _ in range(n)]
 
-    # -- the loop ------------------------------------------------------------
+    # -- the run -------------------------------------------------------------
     def run(self, items: list[tuple[Sample, Question]]) -> RunSummary:
         items = in_shard(items, self.runner_kwargs.get("shard"))
-        groups: OrderedDict[str, list[int]] = OrderedDict()
         ray, started = self._start_ray()
-        workers: list = []
+        executor = RayExecutor(ray, lambda n_images: self._spawn(ray, self._actor_count(ray, n_images)), self.threads)
         try:
             local = self.model if self.model is not None and not isinstance(self.model, str) and self.model_factory is None else None
-            probe = Runner(self.bench, local or _ModelInfo("pending", {}), self.out, **self.runner_kwargs)
+            probe = self._probe(local or _ModelInfo("pending", {}))
             probe.preflight(items)  # the model's own checks run only where the driver holds the model
             self._resources(ray)
-            n_images = len({s.key for s, _ in items})
             if local is None:  # identity as the workers see their model
-                workers = self._spawn(ray, self._actor_count(ray, n_images))
-                name, cfg = _get(ray, workers[0].describe.remote())
-                probe = Runner(self.bench, _ModelInfo(name, cfg), self.out, **self.runner_kwargs)
+                executor.add_actors(len({s.key for s, _ in items}))
+                name, cfg = _get(ray, executor.actors[0].describe.remote())
+                probe = self._probe(_ModelInfo(name, cfg))
                 probe.model_name = name
-            path, self._lock, todo, _ = probe.open_run(items)  # held until run() ends
-            for s, q in todo:
-                groups.setdefault(s.key, []).append(q.index)
-            if not workers and groups:  # identity checked first: a refused run starts no actors
-                workers = self._spawn(ray, self._actor_count(ray, len(groups)))
-            asked, errors, interrupted = self._gather(ray, workers, groups, path, len(todo))
+            # identity checked before actors start (when the driver holds the model): a refused run starts none
+            return run_questions(probe, items, executor)
         finally:
-            try:  # let models release resources, but never hang on a dead actor
-                ray.wait([w.close.remote() for w in workers], num_returns=len(workers), timeout=10)
-            except Exception:
-                pass
-            for w in workers:
-                try:
-                    ray.kill(w)
-                except Exception:
-                    pass
-            unlock_records(self._lock)
-            self._lock = -1
+            self.images_prepared += executor.images_prepared
+            executor.close()
             if started:
                 ray.shutdown()
-        summary = RunSummary(self.out, len(items), len(items) - len(todo), asked, errors, interrupted)
-        if interrupted:
-            print(f"\nInterrupted: rerun the same command to resume ({path}).", file=sys.stderr)
-        return summary
 
-    def _gather(self, ray, workers: list, groups: OrderedDict, path: Path, total: int) -> tuple[int, int, bool]:
-        writer = RecordWriter(path, durable=self.runner_kwargs.get("durable", False))
-        bar = _progress(total, self.progress)
-        load = [0] * len(workers)
-        pending: dict = {}
-        queue = iter(groups.items())
-        streak = ErrorStreak(self.max_consecutive_errors, path)
-        asked = 0
-        interrupted = False
+    def _probe(self, model) -> Runner:
+        """A driver-side Runner: preflight, identity and the run folder, never asking."""
+        return Runner(self.bench, model, self.out, progress=self.progress, **self.runner_kwargs)
 
-        def submit() -> bool:
-            nxt = next(queue, None)
-            if nxt is None:
-                return False
-            i = min(range(len(workers)), key=load.__getitem__)  # least-busy actor
-            load[i] += 1
-            pending[workers[i].ask_image.remote(*nxt)] = i
-            return True
 
+class RayExecutor:
+    """The run loop's executor on Ray: one unit is one image's questions, sent to the least-busy actor.
+
+    spawn(n_images) starts the actors (sized to the work); `threads` images run at once per actor.
+    """
+
+    def __init__(self, ray, spawn: Callable[[int], list], threads: int = 1):
+        self.ray, self.spawn, self.threads = ray, spawn, threads
+        self.actors: list = []
+        self.load: list[int] = []
+        self.assigned: dict = {}  # object ref -> actor index
+        self.images_prepared = 0
+
+    def add_actors(self, n_images: int) -> None:
+        self.actors = self.spawn(n_images)
+        self.load = [0] * len(self.actors)
+
+    @property
+    def capacity(self) -> int:
+        return len(self.actors) * self.threads * 2
+
+    def units(self, todo) -> list[tuple[str, list[int]]]:
+        groups: dict[str, list[int]] = {}
+        for s, q in todo:
+            groups.setdefault(s.key, []).append(q.index)
+        return list(groups.items())
+
+    def start(self, units) -> None:
+        if not self.actors and units:
+            self.add_actors(len(units))
+
+    def submit(self, unit):
+        i = min(range(len(self.actors)), key=self.load.__getitem__)  # least-busy actor
+        self.load[i] += 1
+        ref = self.actors[i].ask_image.remote(*unit)
+        self.assigned[ref] = i
+        return ref
+
+    def wait(self, handles):
+        ready, _ = self.ray.wait(handles, num_returns=1)
+        return ready
+
+    def result(self, ref, unit) -> list[dict]:
+        self.load[self.assigned.pop(ref)] -= 1
+        records, built = _get(self.ray, ref)
+        self.images_prepared += built
+        return records
+
+    def cancel(self, handles) -> None:
+        for ref in handles:
+            try:
+                self.ray.cancel(ref)
+            except Exception:
+                pass
+
+    def close(self) -> None:
+        """Let models release resources, but never hang on a dead actor."""
+        actors, self.actors = self.actors, []
+        if not actors:
+            return
         try:
-            for _ in range(len(workers) * self.threads * 2):
-                if not submit():
-                    break
-            while pending:
-                ready, _ = ray.wait(list(pending), num_returns=1)
-                for ref in ready:
-                    load[pending.pop(ref)] -= 1
-                    records, built = _get(ray, ref)
-                    self.images_prepared += built
-                    for record in records:
-                        writer.write(record)
-                        asked += 1
-                        streak.add(record)
-                    bar.update(len(records))
-                    submit()
-        except KeyboardInterrupt:
-            interrupted = True
-        finally:
-            for ref in pending:
-                try:
-                    ray.cancel(ref)
-                except Exception:
-                    pass
-            bar.close()
-            writer.close()
-        return asked, streak.errors, interrupted
+            self.ray.wait([a.close.remote() for a in actors], num_returns=len(actors), timeout=10)
+        except Exception:
+            pass
+        for a in actors:
+            try:
+                self.ray.kill(a)
+            except Exception:
+                pass
 
 
 def _env_number(name: str) -> float | None:

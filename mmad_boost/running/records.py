@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..atomic import atomic_open, write_bytes
 from ..errors import MmadError
+from ..protocol.record import Record, json_field_kinds
 
 RUN_FILE = "run.json"
 
@@ -30,14 +31,9 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-# Types a stored record's fields must have when present (None allowed for the optional ones);
-# `qid` is required everywhere, and scoring needs `image` and `question_type` too.
-RECORD_FIELDS: dict[str, tuple[type, ...]] = {
-    "qid": (str,), "image": (str,), "question_type": (str,), "question": (str, type(None)),
-    "correct_answer": (str, type(None)), "gpt_answer": (str, type(None)), "response": (str, type(None)),
-    "error": (str, type(None)), "options": (dict, type(None)), "trace": (dict, type(None)),
-    "latency_s": (int, float, type(None)),
-}
+# Types a stored record's fields must have when present, read from the Record dataclass (None where
+# its field is optional); `qid` is required everywhere, and scoring needs `image` and `question_type` too.
+RECORD_FIELDS: dict[str, tuple[type, ...]] = json_field_kinds(Record)
 SCORED_FIELDS = ("qid", "image", "question_type")
 REJECTED_SUFFIX = ".rejected"  # `records.jsonl.rejected`: not matched by records*.jsonl
 
@@ -212,8 +208,10 @@ def _clean(o):
     return o
 
 
-def encode_record(record: dict) -> bytes:
+def encode_record(record: Record | dict) -> bytes:
     """One JSON line, always encodable (see clean_text)."""
+    if isinstance(record, Record):
+        record = record.to_json()
     try:
         return (json.dumps(record, ensure_ascii=False, default=_jsonable) + "\n").encode("utf-8")
     except UnicodeEncodeError:
@@ -227,7 +225,7 @@ class RecordWriter:
         self._lock = threading.Lock()
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
-    def write(self, record: dict) -> None:
+    def write(self, record: Record | dict) -> None:
         line = memoryview(encode_record(record))
         with self._lock:
             try:

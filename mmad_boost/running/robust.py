@@ -15,10 +15,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from ..protocol.keys import VALID_LETTERS
 from ..protocol.parsing import parse_answer, parse_strict
 from ..protocol.prompt import Prompt, build_prompt
+from ..protocol.record import Judgement, Record, Rotation, as_records
 
-_VALID = set("ABCDE")
 JUDGE_INSTRUCTION = (
     "You read a multiple-choice question, its options and a free-text response to it. "
     "Reply with only the letter of the option the response chooses. "
@@ -47,14 +48,14 @@ def judge_prompt(question: str, options: dict[str, str], response: str) -> Promp
     return Prompt(parts=["\n".join(lines)])
 
 
-def ask_judge(judge, question: str, options: dict[str, str], response: str) -> dict:
-    """{judge_answer, judge_response[, judge_error]}: the judge's letter (None for Z or no letter) and its raw output."""
+def ask_judge(judge, question: str, options: dict[str, str], response: str) -> Judgement:
+    """The judge's letter (None for Z or no letter) and its raw output, or why it failed."""
     try:
         raw = judge.generate(judge_prompt(question, options, response))
     except Exception as e:  # the judge failing must not lose the question's own answer
-        return {"judge_answer": None, "judge_response": None, "judge_error": f"{type(e).__name__}: {e}"[:500]}
+        return Judgement(error=f"{type(e).__name__}: {e}"[:500])
     letter = parse_strict(raw, options) if isinstance(raw, str) else None
-    return {"judge_answer": letter if letter in options else None, "judge_response": _clean(raw if isinstance(raw, str) else repr(raw))}
+    return Judgement(answer=letter if letter in options else None, response=_clean(raw if isinstance(raw, str) else repr(raw)))
 
 
 def _clean(text: str) -> str:
@@ -66,58 +67,55 @@ def _clean(text: str) -> str:
     return clean_text(text)
 
 
-def ask_rotations(model, query, record: dict, parser: str, judge=None) -> None:
+def ask_rotations(model, query, record: Record, parser: str, judge=None) -> None:
     """Ask rotations 1..n-1 of `record`'s options (rotation 0 is the record itself) and store them in the
     record; raises what the model raises, so the runner records an error and the question is asked again."""
-    rots = rotations(record["options"], record["correct_answer"])
+    rots = rotations(record.options, record.correct_answer)
     extra = []
     for opts, right in rots[1:]:
         response = model.generate(build_prompt(replace(query, options=opts)))
         if not isinstance(response, str):
             raise TypeError(f"model returned {type(response).__name__}, expected str")
         response = _clean(response)
-        item = {"options": opts, "correct_answer": right, "response": response, "gpt_answer": parse_answer(response, opts, parser)}
-        if item["gpt_answer"] is None and judge is not None:
-            item.update(ask_judge(judge, query.question, opts, response))
+        item = Rotation(options=opts, correct_answer=right, response=response, model_answer=parse_answer(response, opts, parser))
+        if item.model_answer is None and judge is not None:
+            item.judge = ask_judge(judge, query.question, opts, response)
         extra.append(item)
-    record["circular"] = extra
-    record["circular_correct"] = all(_right(x) for x in [record] + extra)
-
-
-def _right(r: dict) -> bool:
-    return r.get("gpt_answer") is not None and r.get("gpt_answer") == r.get("correct_answer")
+    record.rotations = extra
+    record.circular_correct = record.is_right() and all(x.is_right() for x in extra)
 
 
 # -- records for the second figures (score them with scoring.score_records) -----------------
-def judged_records(records) -> list[dict]:
+def judged_records(records) -> list[Record]:
     """Records with the judge's letter standing in where the parser found none (for "accuracy with judge")."""
     out = []
-    for r in records:
-        if r.get("gpt_answer") not in _VALID and r.get("judge_answer") in _VALID and not r.get("error"):
-            r = dict(r, gpt_answer=r["judge_answer"], answered_by="judge")
+    for r in as_records(records):
+        letter = r.judge.answer if r.judge is not None else None
+        if r.model_answer not in VALID_LETTERS and letter in VALID_LETTERS and not r.error:
+            r = replace(r, model_answer=letter, extra=dict(r.extra, answered_by="judge"))
         out.append(r)
     return out
 
 
-def circular_records(records) -> list[dict]:
+def circular_records(records) -> list[Record]:
     """One record per question asked in every rotation, whose answer is right only if all rotations were right
     (parse failures count wrong here, as in CircularEval); questions without rotations are left out."""
     out = []
-    for r in records:
-        if "circular_correct" not in r or r.get("error"):
+    for r in as_records(records):
+        if r.circular_correct is None or r.error:
             continue
-        gold = r.get("correct_answer")
-        wrong = next((k for k in (r.get("options") or {}) if k != gold), "Z")
-        out.append(dict(r, gpt_answer=gold if r["circular_correct"] else (wrong if wrong in _VALID else "E" if gold != "E" else "D")))
+        gold = r.correct_answer
+        wrong = next((k for k in (r.options or {}) if k != gold), "Z")
+        out.append(replace(r, model_answer=gold if r.circular_correct else (wrong if wrong in VALID_LETTERS else "E" if gold != "E" else "D")))
     return out
 
 
 def has_circular(records) -> bool:
-    return any("circular_correct" in r for r in records)
+    return any(r.circular_correct is not None for r in as_records(records))
 
 
 def has_judge(records) -> bool:
-    return any("judge_answer" in r for r in records)
+    return any(r.judge is not None for r in as_records(records))
 
 
 def identity_extra(circular: bool, judge) -> dict:
@@ -138,13 +136,7 @@ def judge_from_options(spec: str | None, options: list[str]):
 
             raise MmadError("--judge-option needs --judge SPEC")
         return None
-    from ..errors import MmadError
     from ..models import create_model
+    from ..registry import option_pairs
 
-    opts = {}
-    for kv in options:
-        k, sep, v = kv.partition("=")
-        if not sep:
-            raise MmadError(f"--judge-option {kv!r}: use KEY=VALUE")
-        opts[k] = v
-    return create_model(spec, **opts)
+    return create_model(spec, **option_pairs(options, "--judge-option"))

@@ -1,17 +1,14 @@
-"""The benchmark loop: each question asked on its own, records appended as they arrive, resumable.
+"""Asking the benchmark: each question on its own, records appended as they arrive, resumable.
 
-Per-image work (loading images, a model's `prepare`: knowledge, expert picture) runs once per
-image and is shared by that image's questions, also across worker threads.
+`Runner` builds an image's context (images, a model's `prepare`: knowledge, expert picture) once
+and asks each question; the loop itself (loop.py) is shared with Ray runs (distributed.py), and
+`--workers` threads are its executor here (executors.py).
 """
 from __future__ import annotations
 
-import sys
-import threading
 import time
 import zlib
-import queue
-from concurrent.futures import FIRST_COMPLETED, Future, wait
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,19 +17,13 @@ from ..errors import MmadError
 from ..models.base import as_model
 from ..protocol.parsing import PARSERS, parse_answer
 from ..protocol.prompt import Query, SampleInfo, build_prompt, shuffle_options
+from ..protocol.record import Record, Trace
 from .robust import ask_judge, ask_rotations, identity_extra
-from .records import RecordWriter, check_run_config, clean_text, file_sha256, lock_records, read_records, records_name, rewrite_records, unlock_records
+from .executors import ImageCache, ThreadExecutor
+from .loop import RunSummary, run_questions
+from .records import clean_text, file_sha256
+from .run_folder import RunFolder, open_run
 from ..protocol.settings import Setting, parse_setting
-
-
-@dataclass
-class RunSummary:
-    run_dir: Path
-    total: int
-    skipped: int
-    asked: int
-    errors: int
-    interrupted: bool = False
 
 
 def shard_of(key: str, n: int) -> int:
@@ -59,103 +50,10 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
     return i, n
 
 
-class _ImageCache:
-    """Per-image contexts computed once; freed when the image's last question is done."""
-
-    def __init__(self, build, pending: dict[str, int]):
-        self.build = build
-        self.pending = dict(pending)
-        self.values: dict[str, Any] = {}
-        self.locks: dict[str, threading.Lock] = {}
-        self.guard = threading.Lock()
-        self.built = 0
-
-    def get(self, sample: Sample):
-        with self.guard:
-            lock = self.locks.setdefault(sample.key, threading.Lock())
-        with lock:
-            if sample.key not in self.values:
-                try:
-                    self.values[sample.key] = self.build(sample)
-                except (Exception, SystemExit) as e:  # kept: the image's other questions get the same error, not a rebuild
-                    self.values[sample.key] = _Failed(e)
-                self.built += 1
-            value = self.values[sample.key]
-        if isinstance(value, _Failed):
-            raise value.error
-        return value
-
-    def done(self, key: str) -> None:
-        with self.guard:
-            self.pending[key] -= 1
-            if self.pending[key] <= 0:
-                self.values.pop(key, None)
-
-
-class _Failed:
-    def __init__(self, error: BaseException):
-        self.error = error
-
-
 def _describe(e: BaseException) -> str:
     if isinstance(e, SystemExit):  # a model calling sys.exit must not end the run silently
         return f"SystemExit: the model called sys.exit({e.code!r})"
     return f"{type(e).__name__}: {e}"
-
-
-class ErrorStreak:
-    """Counts failed questions; too many in a row means the set-up is broken, so stop and say so."""
-
-    def __init__(self, limit: int, path: Path):
-        self.limit, self.path = limit, path
-        self.errors = self.in_row = 0
-
-    def add(self, record: dict) -> None:
-        if not record["error"]:
-            self.in_row = 0
-            return
-        self.errors += 1
-        self.in_row += 1
-        if self.in_row >= self.limit:
-            raise MmadError(
-                f"{self.in_row} questions in a row failed, last: {record['error']}; "
-                f"fix the model set-up and rerun the same command (errors are retried, answers kept in {self.path})"
-            )
-
-
-class _DaemonPool:
-    """A thread pool whose threads are daemons: Ctrl-C need not wait for a model call in flight
-    (minutes for an API with retries). Records are written by the caller, so nothing is lost."""
-
-    def __init__(self, workers: int):
-        self.workers = workers
-        self.tasks: queue.SimpleQueue = queue.SimpleQueue()
-        for i in range(workers):
-            threading.Thread(target=self._work, name=f"mmad-{i}", daemon=True).start()
-
-    def _work(self) -> None:
-        while (task := self.tasks.get()) is not None:
-            fut, fn, args = task
-            if fut.set_running_or_notify_cancel():
-                try:
-                    fut.set_result(fn(*args))
-                except BaseException as e:  # delivered to the caller through the future
-                    fut.set_exception(e)
-
-    def submit(self, fn, *args) -> Future:
-        fut: Future = Future()
-        self.tasks.put((fut, fn, args))
-        return fut
-
-    def shutdown(self, wait: bool = False, cancel_futures: bool = True) -> None:
-        for _ in range(self.workers):
-            self.tasks.put(None)  # each thread ends after its current task; nobody waits for it
-
-    def __enter__(self) -> "_DaemonPool":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.shutdown()
 
 
 class Runner:
@@ -253,27 +151,16 @@ class Runner:
         return query
 
     # -- per question --------------------------------------------------------
-    def _ask(self, cache: _ImageCache, sample: Sample, q: Question) -> dict:
+    def _ask(self, cache: ImageCache, sample: Sample, q: Question) -> dict:
         qid = sample.qid(q)
         if self.shuffle:
             options, answer = shuffle_options(q.options, q.answer, self.seed, qid)
         else:
             options, answer = dict(q.options), q.answer
-        record = {
-            "qid": qid,
-            "image": sample.key,
-            "question": q.text,
-            "question_type": q.type,
-            "correct_answer": answer,
-            "gpt_answer": None,
-            "response": None,
-            "options": options,
-            "setting": self.setting.name,
-            "model": self.model_name,
-            "parser": self.parser,
-            "latency_s": None,
-            "error": None,
-        }
+        record = Record(
+            qid=qid, image=sample.key, question=q.text, question_type=q.type, correct_answer=answer,
+            options=options, setting=self.setting.name, model=self.model_name, parser=self.parser,
+        )
         try:
             base = cache.get(sample)
             query = replace(base, question=q.text, options=options, question_type=q.type, trace=_copy_trace(base.trace))
@@ -281,28 +168,28 @@ class Runner:
         except MmadError:
             raise
         except (Exception, SystemExit) as e:  # an expert or retriever failing on this image: its questions fail, the run goes on
-            record["error"] = clean_text(f"preparing the image failed: {_describe(e)}")[:2000]
-            return record
+            record.error = clean_text(f"preparing the image failed: {_describe(e)}")[:2000]
+            return record.to_json()
         t0 = time.perf_counter()
         try:
             response = self.model.generate(prompt)
             if not isinstance(response, str):
                 raise TypeError(f"model returned {type(response).__name__}, expected str")
             response = clean_text(str(response))  # lone surrogates replaced: always recordable, and scored as recorded
-            record["response"] = response
-            record["gpt_answer"] = parse_answer(response, options, self.parser)
-            if record["gpt_answer"] is None and self.judge is not None:
-                record.update(ask_judge(self.judge, q.text, options, response))
+            record.response = response
+            record.model_answer = parse_answer(response, options, self.parser)
+            if record.model_answer is None and self.judge is not None:
+                record.judge = ask_judge(self.judge, q.text, options, response)
             if self.circular:
                 ask_rotations(self.model, query, record, self.parser, self.judge)
         except MmadError:
             raise
         except (Exception, SystemExit) as e:  # one question failing must not stop the run
-            record["error"] = clean_text(_describe(e))[:2000]
-        record["latency_s"] = round(time.perf_counter() - t0, 4)
+            record.error = clean_text(_describe(e))[:2000]
+        record.latency_seconds = round(time.perf_counter() - t0, 4)
         if query.trace:
-            record["trace"] = query.trace
-        return record
+            record.trace = Trace.from_json(query.trace)
+        return record.to_json()  # the loop and Ray pass plain JSON objects
 
     # -- the loop ------------------------------------------------------------
     def run(self, items: list[tuple[Sample, Question]]) -> RunSummary:
@@ -314,67 +201,21 @@ class Runner:
     def _run(self, items: list[tuple[Sample, Question]]) -> RunSummary:
         items = in_shard(items, self.shard)
         self.preflight(items)
-        path, lock, todo, created = self.open_run(items)
-        pending: dict[str, int] = {}
-        for s, _ in todo:
-            pending[s.key] = pending.get(s.key, 0) + 1
-        cache = _ImageCache(self._image_context, pending)
-        writer = RecordWriter(path, durable=self.durable)
-        bar = _progress(len(todo), self.progress)
-        streak = ErrorStreak(self.max_consecutive_errors, path)
-        asked = 0
-        interrupted = False
+        executor = ThreadExecutor(self._ask, self._image_context, self.workers)
         try:
-            with _DaemonPool(self.workers) as pool:
-                it = iter(todo)
-                running = {}
-
-                def submit_next() -> bool:
-                    nxt = next(it, None)
-                    if nxt is None:
-                        return False
-                    running[pool.submit(self._ask, cache, *nxt)] = nxt
-                    return True
-
-                for _ in range(self.workers * 2):
-                    if not submit_next():
-                        break
-                try:
-                    while running:
-                        finished, _ = wait(running, return_when=FIRST_COMPLETED)
-                        for fut in finished:
-                            sample, _q = running.pop(fut)
-                            record = fut.result()
-                            writer.write(record)
-                            cache.done(sample.key)
-                            asked += 1
-                            bar.update(1)
-                            streak.add(record)
-                            submit_next()
-                except BaseException:
-                    for fut in running:
-                        fut.cancel()
-                    pool.shutdown(wait=False, cancel_futures=True)
-                    raise
-        except KeyboardInterrupt:
-            interrupted = True
-        except MmadError:
-            if created and asked == 0:  # failed before any answer: leave no half-made run folder behind
-                _remove_empty_run(self.out, path)
-            raise
+            return run_questions(self, items, executor)
         finally:
-            bar.close()
-            writer.close()
-            unlock_records(lock)
-            self.images_prepared += cache.built
-        summary = RunSummary(self.out, len(items), len(items) - len(todo), asked, streak.errors, interrupted)
-        if interrupted:
-            print(
-                f"\nInterrupted: {len(items) - len(todo) + asked} of {len(items)} questions are recorded in {path}. "
-                "Run the same command again to resume.",
-                file=sys.stderr,
-            )
-        return summary
+            self.images_prepared += executor.images_prepared
+
+    def ask_image(self, sample: Sample, questions: list[Question]) -> tuple[list[dict], int]:
+        """One image's questions in order, its context built once (a Ray actor's unit of work).
+        Returns (records, contexts built)."""
+        cache = ImageCache(self._image_context, {sample.key: len(questions)})
+        records = []
+        for q in questions:
+            records.append(self._ask(cache, sample, q))
+            cache.done(sample.key)
+        return records, cache.built
 
     def preflight(self, items) -> None:
         """Everything that can fail before a run writes anything: images, templates, the model's own checks."""
@@ -383,30 +224,9 @@ class Runner:
         if callable(check):  # e.g. knowledge for every category
             check(list({s.key: s for s, _ in items}.values()))
 
-    def open_run(self, items) -> tuple[Path, int, list, bool]:
-        """Claim the run folder: lock its records, check run.json's identity, cut a torn last line, and drop
-        errored records so those questions are asked again. Returns (records path, lock, questions to ask,
-        whether the folder was created)."""
-        if self.out.exists() and not self.out.is_dir():
-            raise MmadError(f"--out {self.out} is a file, not a folder; choose a folder path for the run")
-        created = not self.out.exists()
-        try:
-            self.out.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise MmadError(f"--out {self.out}: cannot create the run folder ({e.strerror}); choose a writable folder") from None
-        path = self.out / records_name(self.shard)
-        lock = lock_records(path)
-        try:
-            check_run_config(self.out, self.identity(), force=self.force_mix, extra={"data_root": str(Path(self.bench.root).resolve())})
-            existing = read_records(path, repair=True, move_bad=self.repair)
-            if any(r.get("error") for r in existing):  # retry only the errored questions: drop their records, atomically
-                existing = [r for r in existing if not r.get("error")]
-                rewrite_records(path, existing)
-        except BaseException:
-            unlock_records(lock)
-            raise
-        done = {r.get("qid") for r in existing}
-        return path, lock, [(s, q) for s, q in items if s.qid(q) not in done], created
+    def open_run(self, items) -> RunFolder:
+        """Claim the run folder (run_folder.py): its lock, run.json's identity, the questions still to ask."""
+        return open_run(self.out, items, identity=self.identity(), shard=self.shard, force=self.force_mix, repair=self.repair, data_root=self.bench.root)
 
     def _check_paths(self, items) -> None:
         """Fail before writing anything if an image the run needs is missing."""
@@ -435,33 +255,5 @@ class Runner:
             pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _remove_empty_run(out: Path, records: Path) -> None:
-    import shutil
-
-    from .records import folder_lock
-
-    records.unlink(missing_ok=True)
-    own_lock = Path(f"{records}.lock")
-    with folder_lock(out):  # another shard may share the folder (its records or its lock file): keep it
-        if not any(f.name != "run.json" and f != own_lock for f in out.iterdir()):
-            shutil.rmtree(out, ignore_errors=True)
-
-
 def _copy_trace(trace: dict) -> dict:
     return {k: (dict(v) if isinstance(v, dict) else v) for k, v in trace.items()}
-
-
-class _NoBar:
-    def update(self, n):
-        pass
-
-    def close(self):
-        pass
-
-
-def _progress(total: int, enabled: bool):
-    if not enabled or total == 0:
-        return _NoBar()
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="q", desc="questions", dynamic_ncols=True, file=sys.stderr)
