@@ -89,8 +89,9 @@ def _members(annotation) -> tuple[list, bool]:
 
 def convert_option(value: Any, annotation: Any, what: str = "option") -> Any:
     """An option string as `annotation` says: bool, int, float, str, Path, `X | None` ("none" or
-    "null" give None) or a Literal. Values that are not strings (Python callers give typed values)
-    and options whose type is unknown or Any pass unchanged; the target checks their range."""
+    "null" give None), a Literal or a list/tuple/dict (as JSON). With no type to go by (Any) a JSON
+    literal becomes its value and other text stays text. Values that are not strings (Python callers
+    give typed values) pass unchanged; the target checks ranges."""
     if not isinstance(value, str):
         return value
     kinds, nullable = _members(annotation)
@@ -130,7 +131,7 @@ def literal(value: str) -> Any:
     """A JSON literal (0.5, true, null, [1, 2], {"a": 1}) as its value; other text as it is."""
     try:
         return json.loads(value)
-    except ValueError:
+    except (ValueError, RecursionError):
         return value
 
 

@@ -281,3 +281,22 @@ def test_holdout_split_and_few_shot_calibration(capsules):
     assert expert.calibrated and expert.pixel_threshold <= expert.image_threshold
     tpl = [small(capsules.train[0], 128)]
     assert expert.predict(tpl[0], templates=tpl).decision is False
+
+
+@pytest.mark.slow  # loads the backbone twice: seconds
+def test_patchcore_backbone_skips_unused_stages_with_identical_features():
+    import torch
+
+    from mmad_boost.experts.backbones import load_backbone
+    from mmad_boost.experts.patchcore import _embedder
+
+    full, _, _ = load_backbone()
+    n_blocks = len(full.blocks)
+    embed = _embedder(load_backbone()[0])
+    kept = embed.backbone.blocks
+    assert len(kept) == max(full._stage_out_idx) < n_blocks  # the stride-32 stages are gone
+    x = torch.randn(2, 3, 128, 128, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        maps = full(x)  # all stages run, the stride-8 and stride-16 maps returned
+        got = embed.backbone(x)
+    assert len(got) == len(maps) == 2 and all(torch.equal(a, b) for a, b in zip(got, maps))  # bit for bit

@@ -29,17 +29,13 @@ class _JsonObject:
 
     def to_json(self) -> dict:
         values: dict[str, Any] = {}  # JSON key -> value, one entry per field that is written
-        flat_of: dict[str, str] = {}  # a flat section's first key -> the field holding it
         for f in fields(self):
             if f.name in ("extra", "source_keys"):
                 continue
             meta, value = f.metadata, getattr(self, f.name)
             if meta.get("flat"):
                 if value is not None:
-                    part = value.to_json()
-                    values.update(part)
-                    for k in part:
-                        flat_of[k] = f.name
+                    values.update(value.to_json())
                 continue
             key = meta.get("json", f.name)
             if self.source_keys is None:  # built here: the fixed keys, and the others that are set
