@@ -6,6 +6,8 @@ folders read unchanged; where a key is short or historical the field has the ful
 is kept in the field's metadata. `Record.from_json(d).to_json()` gives back `d` key for key and in
 the same order; keys this version does not know are kept in `extra` and written back at their place.
 A record the runner builds writes its keys in one fixed order (the order of the fields below).
+The trace is kept as stored and parsed into `Trace` when `record.trace` is read: scoring, which
+reads every record of a 40k-question run several times, never pays for it.
 """
 from __future__ import annotations
 
@@ -22,6 +24,36 @@ def _key(name: str, *, always: bool = False, section=None, flat: bool = False):
     return {"json": name, "always": always, "section": section, "flat": flat}
 
 
+class _Field(typing.NamedTuple):
+    name: str
+    key: str  # the JSON key
+    section: Any  # a nested _JsonObject class, or None
+    flat: bool
+    always: bool
+    default: Any
+
+
+_FIELDS: dict[type, tuple[tuple[_Field, ...], dict[str, _Field]]] = {}
+
+
+def _fields_of(cls) -> tuple[tuple[_Field, ...], dict[str, _Field]]:
+    """The class's fields and the field of each JSON key (a flat section's keys lead to it); computed
+    once per class: a 40k-question run is read field by field."""
+    known = _FIELDS.get(cls)
+    if known is None:
+        specs = tuple(
+            _Field(f.name, f.metadata.get("json", f.name), f.metadata.get("section"), bool(f.metadata.get("flat")),
+                   bool(f.metadata.get("always")), f.default)
+            for f in fields(cls) if f.name not in ("extra", "source_keys")
+        )
+        by_key = {}
+        for s in specs:
+            for k in (s.section._FLAT_KEYS if s.flat else (s.key,)):
+                by_key[k] = s
+        known = _FIELDS[cls] = (specs, by_key)
+    return known
+
+
 class _JsonObject:
     """Typed fields to and from one JSON object; unknown keys kept in `extra`, the source's key order kept."""
 
@@ -29,48 +61,40 @@ class _JsonObject:
 
     def to_json(self) -> dict:
         values: dict[str, Any] = {}  # JSON key -> value, one entry per field that is written
-        for f in fields(self):
-            if f.name in ("extra", "source_keys"):
-                continue
-            meta, value = f.metadata, getattr(self, f.name)
-            if meta.get("flat"):
+        source = self.source_keys
+        for s in _fields_of(type(self))[0]:
+            value = getattr(self, s.name)
+            if s.flat:
                 if value is not None:
                     values.update(value.to_json())
-                continue
-            key = meta.get("json", f.name)
-            if self.source_keys is None:  # built here: the fixed keys, and the others that are set
-                write = meta.get("always") or value is not None
-            else:  # read: the keys it had, and any given a value since
-                write = key in self.source_keys or value != f.default
-            if write:
-                values[key] = _dump(value)
-        values.update((k, v) for k, v in self.extra.items() if k not in values)
-        if self.source_keys is None:
+            elif (s.always or value is not None) if source is None else (s.key in source or value != s.default):
+                # built here: the fixed keys and those set; read: the keys it had and those set since
+                values[s.key] = _dump(value)
+        for k, v in self.extra.items():
+            values.setdefault(k, v)
+        if source is None:
             return values
-        out = {k: values[k] for k in self.source_keys if k in values}  # the order the object was read in
-        out.update((k, v) for k, v in values.items() if k not in out)
+        out = {k: values[k] for k in source if k in values}  # the order the object was read in
+        if len(out) < len(values):
+            out.update((k, v) for k, v in values.items() if k not in out)
         return out
 
     @classmethod
     def from_json(cls, obj: Mapping):
+        by_key = _fields_of(cls)[1]
         kwargs: dict[str, Any] = {}
-        known: set[str] = set()
-        for f in fields(cls):
-            if f.name in ("extra", "source_keys"):
-                continue
-            meta = f.metadata
-            section = meta.get("section")
-            if meta.get("flat"):
-                own = section._FLAT_KEYS
-                known.update(own)
-                if any(k in obj for k in own):
-                    kwargs[f.name] = section.from_json({k: obj[k] for k in own if k in obj})
-                continue
-            key = meta.get("json", f.name)
-            known.add(key)
-            if key in obj:
-                kwargs[f.name] = _load(section, obj[key]) if section is not None else obj[key]
-        extra = {k: v for k, v in obj.items() if k not in known}
+        extra: dict[str, Any] = {}
+        flat: dict[_Field, dict] = {}
+        for k, v in obj.items():
+            s = by_key.get(k)
+            if s is None:
+                extra[k] = v
+            elif s.flat:
+                flat.setdefault(s, {})[k] = v
+            else:
+                kwargs[s.name] = v if s.section is None else _load(s.section, v)
+        for s, part in flat.items():
+            kwargs[s.name] = s.section.from_json(part)
         return cls(**kwargs, extra=extra, source_keys=tuple(obj))
 
 
@@ -84,10 +108,10 @@ def _dump(value):
 
 def _load(section, value):
     """A nested object (or a list of them) as its section class; any other JSON value kept as it is."""
-    if isinstance(value, Mapping):
+    if isinstance(value, dict):  # JSON objects (and the runner's traces) are dicts; typing.Mapping checks are slow
         return section.from_json(value)
     if isinstance(value, list):
-        return [section.from_json(v) if isinstance(v, Mapping) else v for v in value]
+        return [section.from_json(v) if isinstance(v, dict) else v for v in value]
     return value
 
 
@@ -217,9 +241,20 @@ class Record(_JsonObject):
     judge: Judgement | None = field(default=None, metadata=_key("judge", section=Judgement, flat=True))
     rotations: list[Rotation] | None = field(default=None, metadata=_key("circular", section=Rotation))
     circular_correct: bool | None = field(default=None, metadata=_key("circular_correct"))  # right in every rotation
-    trace: Trace | None = field(default=None, metadata=_key("trace", section=Trace))
+    trace_json: dict | None = field(default=None, metadata=_key("trace"))  # as stored; read it typed as `trace`
     extra: dict = _extra()  # keys of other versions, and `answered_by` on the judged copies robust.py makes
     source_keys: tuple | None = _source()
+
+    @property
+    def trace(self) -> Trace | None:
+        """The typed trace, parsed when asked for (scoring never needs it, and a 40k-question run is
+        read often); a change is kept by assigning it back (`record.trace = t`)."""
+        raw = self.trace_json
+        return Trace.from_json(raw) if isinstance(raw, dict) else None
+
+    @trace.setter
+    def trace(self, value: Trace | None) -> None:
+        self.trace_json = None if value is None else value.to_json()
 
     # -- MMAD's reading of the record (protocol §6) ----------------------------------------
     @property

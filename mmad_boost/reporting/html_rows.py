@@ -138,7 +138,8 @@ def question_rows(runs: list[Run], images: Images) -> list[dict]:
         for r in run.records:
             key = r.image
             qid = r.qid or f"{key}#{r.question}"
-            trace = r.trace if isinstance(r.trace, Trace) else Trace()
+            parsed = r.trace  # parsed on each access: once here
+            trace = parsed if parsed is not None else Trace()
             tmpl = [images.add(_template_path(run.data_root, key, k), k) for k in trace.templates or []]
             q = by_id.get(qid)
             if q is None:
@@ -166,7 +167,7 @@ def question_rows(runs: list[Run], images: Images) -> list[dict]:
                 ans["e"] = r.error
             if r.has_latency():
                 ans["l"] = r.latency_seconds
-            t = _trace(r.trace)
+            t = _trace(parsed)
             if t:
                 ans["t"] = t
             picture = trace.expert.picture if isinstance(trace.expert, ExpertTrace) else None

@@ -11,17 +11,17 @@ from ..protocol.record import ExpertTrace, Record, RetrievalTrace, Trace, as_rec
 
 
 def _per_image(records: list[Record]) -> dict[str, Trace]:
-    out = {}
+    """Each image's trace (the last non-empty one of its questions), parsed once per image."""
+    last = {}
     for r in records:
-        t = r.trace
-        if isinstance(t, Trace) and t.to_json() and r.image:
-            out[r.image] = t
-    return out
+        if isinstance(r.trace_json, dict) and r.trace_json and r.image:
+            last[r.image] = r
+    return {image: r.trace for image, r in last.items()}
 
 
 def _section(value, kind):
     """A trace section the boost wrote (an empty or malformed one counts as not written)."""
-    return value if isinstance(value, kind) and value.to_json() else None
+    return value if isinstance(value, kind) and (value.source_keys or value.to_json()) else None
 
 
 def _mean(xs):
