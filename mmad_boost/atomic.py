@@ -1,4 +1,4 @@
-"""Atomic file writes: every file the project writes appears whole or not at all.
+"""Files: atomic writes (every file the project writes appears whole or not at all) and content hashes.
 
 The data goes to a uniquely named temporary file in the same folder (so concurrent writers never
 share one), is flushed and fsynced, then renamed over the target. On any failure (full disk,
@@ -8,6 +8,7 @@ file; the old file, if any, is left as it was.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -88,3 +89,12 @@ def save_npy(path: str | Path, array) -> Path:
 def save_image(image, path: str | Path, format: str | None = None, **kw: Any) -> Path:
     fmt = format or {"jpg": "JPEG", "jpeg": "JPEG", "tif": "TIFF"}.get(Path(path).suffix.lstrip(".").lower(), Path(path).suffix.lstrip(".").upper() or "PNG")
     return write_with(path, lambda buf: image.save(buf, format=fmt, **kw))
+
+
+def file_sha256(path: Path) -> str:
+    """The file's SHA-256, read in 1 MiB pieces (weights files are large)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -222,7 +222,9 @@ def make_provider(expert: Any, options: dict, *, calibrated: bool, holdout: floa
         if any(sep in name for sep in ("/", "\\")):
             raise MmadError(f"expert folder {name} not found; fit one with `mmad-boost expert fit` or give an expert name")
         return FitOnDemand(name, options, calibrated=calibrated, holdout=holdout, false_marks=false_marks, cache_dir=cache_dir)
-    if callable(getattr(expert, "predict", None)):
+    from ..experts.base import AnomalyExpert
+
+    if isinstance(expert, AnomalyExpert):
         return FixedExpert(expert, getattr(expert, "name", None) or type(expert).__name__, false_marks)
     raise MmadError(f"expert={expert!r}: use a name (patchcore, gt, anomalyclip, anomalib:<Model>), an expert object or a fitted expert folder")
 

@@ -21,7 +21,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Protocol, Sequence, runtime_checkable
 
 import numpy as np
 from PIL import Image
@@ -103,6 +103,15 @@ class NormalScores:
     def to_json(self) -> dict:
         return {"method": self.method, "false_marks": self.false_marks, "margin": self.margin,
                 "normal_scores": [round(float(v), 6) for v in self.scores], "normal_map_max": [round(float(v), 6) for v in self.map_max]}
+
+
+@runtime_checkable
+class AnomalyExpert(Protocol):
+    """What a boost needs of an expert object: `predict`. Optional traits, read with their
+    defaults when absent: `name`, `needs_mask` (the ground truth), `needs_templates` (fits on the
+    prompt's normal images), `image_threshold` (set once calibrated), `save(folder)`."""
+
+    def predict(self, image: Image.Image, *, mask: np.ndarray | None = None, templates: list[Image.Image] | None = None) -> ExpertOutput: ...
 
 
 class Expert:

@@ -16,7 +16,7 @@ from PIL import Image
 
 from ..errors import MmadError
 from ..registry import Registry
-from ..running.records import file_sha256 as _hash_file
+from ..atomic import file_sha256 as _hash_file
 
 DEFAULT_IMAGE_ENCODER = "efficientnet-lite0"
 DEFAULT_TEXT_ENCODER = "minilm"

@@ -6,7 +6,6 @@ process leaves at most one torn last line, which the next open cuts off.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import threading
@@ -21,14 +20,6 @@ RUN_FILE = "run.json"
 
 def records_name(shard: tuple[int, int] | None = None) -> str:
     return "records.jsonl" if shard is None else f"records.shard-{shard[0]}-of-{shard[1]}.jsonl"
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # Types a stored record's fields must have when present, read from the Record dataclass (None where

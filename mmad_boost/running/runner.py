@@ -21,7 +21,8 @@ from ..protocol.record import Record, Trace
 from .robust import ask_judge, ask_rotations, identity_extra
 from .executors import ImageCache, ThreadExecutor
 from .loop import RunSummary, run_questions
-from .records import clean_text, file_sha256
+from ..atomic import file_sha256
+from .records import clean_text
 from .run_folder import RunFolder, open_run
 from ..protocol.settings import Setting, parse_setting
 
