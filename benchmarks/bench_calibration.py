@@ -16,6 +16,16 @@ defects, beside the best single threshold chosen on that fold's test scores with
 marks (the ROC's best, which peeks at the test labels). Nothing is tuned on any test fold.
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_calibration.py --folds 5 [--false-marks 0.1] [--json FILE]
+
+With `--folds K --choose` it measures the image-score chooser (experts/score_choice.py): the 15
+defects of a category rotate too (defect i is tested in fold i mod K), so each fold has labelled
+training defects (the other 12) to choose by, and every defect is tested once. Three arms on the
+same fitted bank per fold: the fixed default (top 0.1 %), the chooser over top-k fractions only
+(the earlier chooser), and the chooser over all candidates (top-k and blurred-map maxima). Each
+arm counts false marks on the fold's 5 test normals and hits on its 3 test defects at the target,
+beside the best fixed threshold on those test scores with no more false marks.
+
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_calibration.py --folds 5 --choose [--categories capsules]
 """
 from __future__ import annotations
 
@@ -87,6 +97,63 @@ def fold_study(categories: list[str], folds: int, false_marks: float, viz: str, 
     return rows
 
 
+def choice_study(categories: list[str], folds: int, false_marks: float, viz: str, options: dict) -> list[dict]:
+    import copy
+
+    import numpy as np
+    from PIL import Image
+
+    from bench_experts import fold_test_normals
+    from mmad_boost.experts import create_expert
+    from mmad_boost.experts.base import fit_and_calibrate
+    from mmad_boost.experts.operating import best_fixed, counts, scored
+    from mmad_boost.experts.sample import visa_split
+    from mmad_boost.experts.score_choice import CANDIDATES, TOPK_CANDIDATES, choose_image_score
+
+    arms = {"fixed default": None, "chooser, top-k only": TOPK_CANDIDATES, "chooser, all": CANDIDATES}
+    rows = []
+    for cat in categories:
+        split = visa_split(cat)
+        normals = split.train + split.test_normal
+        load = lambda p: Image.open(p).convert("RGB")  # noqa: E731
+        images = [load(p) for p in normals]
+        defects = [(load(p), np.asarray(Image.open(m)) > 0, p.name) for p, m in split.test_anomaly]
+        for fold in range(folds):
+            test = fold_test_normals(len(normals), len(split.test_normal), fold)
+            test_defects = [d for i, d in enumerate(defects) if i % folds == fold]
+            train_defects = [d[0] for i, d in enumerate(defects) if i % folds != fold]
+            expert = create_expert("patchcore", **options)
+            fit_and_calibrate(expert, [im for i, im in enumerate(images) if i not in test], false_marks=false_marks)
+            start = (expert.image_score, expert.topk, expert.image_score_sigma, copy.deepcopy(expert.normals))
+            for arm, candidates in arms.items():
+                expert.image_score, expert.topk, expert.image_score_sigma = start[:3]
+                expert.calibrate_from(copy.deepcopy(start[3]))
+                table = choose_image_score(expert, train_defects, candidates) if candidates else []
+                outs = expert.predict_batch([images[i] for i in test] + [d[0] for d in test_defects])
+                items = [scored(normals[i].name, images[i], o.map, o.score, None, expert.resample) for i, o in zip(test, outs)]
+                items += [scored(name, im, o.map, o.score, mask, expert.resample) for (im, mask, name), o in zip(test_defects, outs[len(test):])]
+                fm, hits, _ = counts(items, viz, expert.image_threshold, expert.pixel_threshold)
+                chosen = next((r["label"] for r in table if r["chosen"]), "top 0.1 %")
+                rows.append({"category": cat, "fold": fold, "arm": arm, "normal": len(test), "defective": len(test_defects),
+                             "false_marks": fm, "hits": hits, "best_fixed_hits": best_fixed(items, viz, fm, expert.pixel_threshold),
+                             "chosen": chosen, "table": table})
+                print(f"  {cat} fold {fold} {arm}: {chosen}; false marks {fm}/{len(test)}, hits {hits}/{len(test_defects)}",
+                      file=sys.stderr, flush=True)
+    return rows
+
+
+def print_choice_table(rows: list[dict]) -> None:
+    hdr = f"{'category':9} {'arm':20} {'false marks':>12} {'hits':>11} {'best fixed':>11}  chosen per fold"
+    print(hdr + "\n" + "-" * len(hdr))
+    for cat in list(dict.fromkeys(r["category"] for r in rows)) + ["both"]:
+        for arm in dict.fromkeys(r["arm"] for r in rows):
+            part = [r for r in rows if r["arm"] == arm and cat in ("both", r["category"])]
+            n, d = sum(r["normal"] for r in part), sum(r["defective"] for r in part)
+            fm, hits, best = (sum(r[k] for r in part) for k in ("false_marks", "hits", "best_fixed_hits"))
+            chosen = ", ".join(r["chosen"] for r in part) if cat != "both" else ""
+            print(f"{cat:9} {arm:20} {fm:>3}/{n:<3} {100 * fm / n:3.0f}% {hits:>3}/{d:<3} {100 * hits / d:3.0f}% {best:>3}/{d:<3} {100 * best / d:3.0f}%  {chosen}")
+
+
 def print_fold_table(rows: list[dict], false_marks: float) -> None:
     targets = sorted(rows[0]["curve"], key=float)
     hdr = f"{'category':9} {'target':>6} {'false marks':>13} {'hits':>12} {'best fixed':>12}"
@@ -111,6 +178,8 @@ def main() -> int:
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--folds", type=int, default=0, help="cross-validate calibration over K folds of the normals instead (default 0: off)")
     ap.add_argument("--false-marks", type=float, default=0.1, help="target false-mark rate for --folds (default 0.1)")
+    ap.add_argument("--choose", action="store_true", help="with --folds: measure the image-score chooser on rotating training defects "
+                    "(default: off, calibration only)")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.folds:
@@ -119,6 +188,14 @@ def main() -> int:
         from mmad_boost.registry import option_pairs
 
         torch.set_num_threads(1)
+        if args.choose:
+            rows = choice_study(args.categories, args.folds, args.false_marks, args.viz, option_pairs(args.option))
+            print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; patchcore defaults {args.option or ''}; {args.folds} folds: "
+                  f"5 test normals and 3 test defects per fold, the other 20 normals fitted and calibrated at {args.false_marks:g}, the other 12 defects to choose by")
+            print_choice_table(rows)
+            if args.json:
+                Path(args.json).write_text(json.dumps(rows, indent=1, default=str))
+            return 0
         rows = fold_study(args.categories, args.folds, args.false_marks, args.viz, option_pairs(args.option))
         print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; patchcore defaults {args.option or ''}; "
               f"{args.folds} folds x 5 test normals + 15 defects per category; calibrated at {args.false_marks:g} on each fold's 20 training normals")

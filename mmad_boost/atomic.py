@@ -98,3 +98,15 @@ def file_sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def read_toml(path: Path, see: str) -> dict:
+    """A TOML file a user wrote, or one MmadError line naming it and where its format is described (`see`)."""
+    import tomllib
+
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise MmadError(f"{path}: not valid TOML ({e}); see {see}") from None
+    except UnicodeDecodeError:
+        raise MmadError(f"{path}: not UTF-8 text; save it as UTF-8") from None

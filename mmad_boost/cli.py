@@ -57,16 +57,21 @@ def _type_help() -> str:
 VIZ_CHOICES = ["bbox", "contour", "highlight", "mask", "heatmap"]  # --viz: how the expert's map is drawn (experts.rendering.STYLES)
 
 
+def add_model_arguments(p, model_help: str) -> None:
+    """--model and the options every command that builds a model takes (read by _model_options)."""
+    p.add_argument("--model", required=True, help=model_help)
+    p.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE", help="option for the model factory (repeatable; default: none)")
+    p.add_argument("--base-url", help="openai: chat-completions endpoint base URL (default https://api.openai.com/v1)")
+    p.add_argument("--api-key-env", help="openai: name of the environment variable holding the key (default OPENAI_API_KEY)")
+
+
 def _add_eval(sub) -> None:
     from .protocol.settings import SETTING_HELP
 
     p = sub.add_parser("eval", help="ask a model every selected question and record the answers")
     p.add_argument("--data", required=True, help="data root (images under MMAD's key layout)")
     p.add_argument("--questions", help="question file (default DATA/mmad.json)")
-    p.add_argument("--model", required=True, help="model SPEC, e.g. baseline:random, openai:gpt-4o, hf:/path, python:mod:attr")
-    p.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE", help="option for the model factory (repeatable; default: none)")
-    p.add_argument("--base-url", help="openai: chat-completions endpoint base URL (default https://api.openai.com/v1)")
-    p.add_argument("--api-key-env", help="openai: name of the environment variable holding the key (default OPENAI_API_KEY)")
+    add_model_arguments(p, "model SPEC, e.g. baseline:random, openai:gpt-4o, hf:/path, python:mod:attr")
     p.add_argument("--setting", default="1-shot", help=f"images shown before the query: {SETTING_HELP} (default 1-shot)")
     p.add_argument("--workers", type=int, default=1, help="threads asking the model at once, for I/O-bound models and batched hf: models (give at least its batch_size) (default 1)")
     p.add_argument("--limit", type=int, help="ask only the first N selected questions in a stratified image order (each image's questions "

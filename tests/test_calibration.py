@@ -195,23 +195,25 @@ def test_verdict_text_names_grid_cells_and_area():
 
 
 @pytest.mark.slow  # fits a small patchcore
-def test_image_score_chosen_from_training_defects_only(normals):
-    from mmad_boost.experts.score_choice import choose_topk
+def test_image_score_chosen_from_training_defects_only(normals, tmp_path):
+    from mmad_boost.experts.score_choice import choose_image_score
 
     expert = create_expert("patchcore", size=96, coreset_ratio=0.3)
     fit_and_calibrate(expert, normals, false_marks=0.2)
-    assert choose_topk(expert, []) == [] and expert.topk == 0.001  # no defects: nothing to choose by, nothing changes
+    assert choose_image_score(expert, []) == [] and expert.topk == 0.001  # no defects: nothing to choose by, nothing changes
     defects = []
     for im in normals[:3]:  # a small dark blot: what a few-patch image score should catch
         d = im.copy()
         d.paste((0, 0, 0), (40, 40, 52, 52))
         defects.append(d)
-    rows = choose_topk(expert, defects)
+    rows = choose_image_score(expert, defects)
     chosen = [r for r in rows if r["chosen"]]
-    assert len(chosen) == 1 and expert.topk == chosen[0]["topk"]
+    assert len(chosen) == 1 and expert.image_score == chosen[0]["image_score"]
+    assert expert.topk == chosen[0]["topk"] if expert.image_score == "topk" else expert.image_score_sigma == chosen[0]["image_score_sigma"]
     assert chosen[0]["caught"] == max(r["caught"] for r in rows)
     assert expert.image_threshold == pytest.approx(chosen[0]["threshold"])
-    assert {r["topk"] for r in rows} >= {0.0, 0.001, 0.005, 0.01}
+    assert {r["topk"] for r in rows} >= {0.0, 0.001, 0.005, 0.01} and {r["image_score_sigma"] for r in rows} >= {1.0, 2.0}
+    assert load_expert(expert.save(tmp_path / "chosen")).config() == expert.config()  # the chosen rule survives the folder
 
 
 def test_boosted_evidence_text_mode_sends_words_not_picture():
@@ -250,3 +252,129 @@ def test_boosted_evidence_text_mode_sends_words_not_picture():
         BoostedModel(Echo(), expert=Spot(), evidence="text")  # faithful mode stays MMAD's picture
     with pytest.raises(MmadError, match="evidence"):
         BoostedModel(Echo(), expert=Spot(), calibrated=True, evidence="words")
+
+
+def _grid_patchcore(grids: dict, **kw):
+    """A PatchCore whose backbone is replaced by known patch-score grids (looked up per image object):
+    with a bank holding only the origin, each patch score is the norm of its feature, its grid value."""
+    expert = create_expert("patchcore", size=48, sigma=0, **kw)
+
+    def features(images, progress=None):
+        out = []
+        for im in images:
+            g = grids[id(im)]
+            out.append(np.stack([g, np.zeros_like(g)], -1).astype(np.float32))
+        return np.stack(out)
+
+    expert.features = features
+    expert.bank = np.zeros((1, 2), np.float32)
+    expert._index, expert.fitted = expert._index_of(expert.bank), True
+    return expert
+
+
+def _gauss_centre(sigma: float) -> float:
+    """The centre weight of a normalised 1-D Gaussian kernel of radius int(4 sigma + 0.5), by its formula."""
+    r = int(4 * sigma + 0.5)
+    return 1.0 / sum(math.exp(-i * i / (2 * sigma * sigma)) for i in range(-r, r + 1))
+
+
+@pytest.mark.parametrize("sigma", [1.0, 2.0])
+def test_blur_max_has_the_known_gaussian_answer(sigma):
+    from mmad_boost.experts.patchcore import blur_max, top_mean
+
+    assert blur_max(np.full((30, 30), 7.0), sigma) == pytest.approx(7.0, rel=1e-5)  # a blur keeps a flat map
+    spike = np.zeros((41, 41))
+    spike[20, 20] = 1.0
+    assert blur_max(spike, sigma) == pytest.approx(_gauss_centre(sigma) ** 2, rel=1e-4)  # separable kernel: centre weight squared
+    block = np.zeros((41, 41))
+    block[19:22, 19:22] = 1.0  # a defect three patches wide, as high as the lone spike
+    assert top_mean(block, 0) == top_mean(spike, 0)  # the largest patch cannot tell them apart
+    assert blur_max(block, sigma) > 2 * blur_max(spike, sigma)  # the blurred map's maximum follows the region
+
+
+def _normals_and_defects(rng):
+    """Normals: background 1 with eight lone patches of 6 (noise); defects: a 4 x 4 region of 3 and no noise.
+    The largest patch and the top-k means rank the noise above the defect; the blurred maximum does not."""
+    lattice = [(6 + 12 * a, 6 + 12 * b) for a in range(4) for b in range(4)]
+    normals, defects = [], []
+    for _ in range(20):
+        g = np.ones((48, 48))
+        for i in rng.choice(len(lattice), 8, replace=False):
+            g[lattice[i]] = 6.0
+        normals.append(g)
+    for _ in range(6):
+        g = np.ones((48, 48))
+        y, x = rng.integers(4, 40, 2)
+        g[y:y + 4, x:x + 4] = 3.0
+        defects.append(g)
+    return normals, defects
+
+
+def test_chooser_picks_the_image_score_that_separates_the_defects(tmp_path):
+    from mmad_boost.experts.patchcore import blur_max
+    from mmad_boost.experts.score_choice import choose_image_score, choose_topk
+
+    normals, defects = _normals_and_defects(np.random.default_rng(0))
+    for only_topk in (True, False):
+        images = [Image.new("RGB", (48, 48)) for _ in defects]
+        expert = _grid_patchcore({id(im): g for im, g in zip(images, defects)})
+        expert._calibration_patches = [g.astype(np.float32) for g in normals]
+        expert.calibrate_from(NormalScores([0.0] * 20, [6.0] * 20, "leave-one-out", 0.1))
+        rows = (choose_topk if only_topk else choose_image_score)(expert, images)
+        caught = {r["label"]: r["caught"] for r in rows}
+        chosen = [r for r in rows if r["chosen"]]
+        assert len(chosen) == 1 and chosen[0]["caught"] == max(caught.values())
+        assert all(r["caught"] == 0 for r in rows if r["image_score"] == "topk") and len(rows) >= 4  # the noise outscores the defect at every k
+        if only_topk:  # nothing catches more: the configured rule stays
+            assert expert.image_score == "topk" and expert.topk == 0.001 and chosen[0]["configured"]
+            continue
+        assert caught["blur-max sigma 1"] == caught["blur-max sigma 2"] == 6
+        assert expert.image_score == "blur-max" and expert.image_score_sigma == chosen[0]["image_score_sigma"]
+        assert expert.image_threshold == pytest.approx(max(blur_max(g, expert.image_score_sigma) for g in normals), rel=1e-6)
+        assert all(expert.predict(im).decision for im in images)  # predict scores by the chosen rule
+        config = expert.config()
+        assert config["image_score"] == "blur-max" and config["image_score_sigma"] == expert.image_score_sigma
+        out = expert.save(tmp_path / "chosen")
+        again = load_expert(out)
+        assert (again.image_score, again.image_score_sigma, again.state_id) == (expert.image_score, expert.image_score_sigma, expert.state_id)
+        assert again.image_threshold == pytest.approx(expert.image_threshold)
+
+
+def test_image_score_rule_in_config_round_trip_and_default_identity(tmp_path):
+    default, blurred = _grid_patchcore({}), _grid_patchcore({}, image_score="blur-max", image_score_sigma="2")  # as `--option` strings
+    assert "image_score" not in default.config() and "image_score_sigma" not in default.config()  # old folders' identity unchanged
+    assert _grid_patchcore({}, image_score="topk", image_score_sigma=3).state_id == default.state_id
+    assert blurred.state_id != default.state_id and blurred.image_score_sigma == 2.0
+    again = load_expert(blurred.save(tmp_path / "b"))
+    assert again.config() == blurred.config() and again.state_id == blurred.state_id
+    for bad in ({"image_score": "mean"}, {"image_score_sigma": 0}, {"image_score_sigma": "wide"}, {"image_score": "blur-max", "reweight": True}):
+        with pytest.raises(MmadError, match="image_score|reweight"):
+            create_expert("patchcore", **bad)
+    meta_file = tmp_path / "b" / "expert.json"
+    meta = json.loads(meta_file.read_text())
+    meta["config"]["image_score"] = "median"
+    meta_file.write_text(json.dumps(meta))
+    with pytest.raises(MmadError, match="image_score"):
+        load_expert(tmp_path / "b")
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 30), st.integers(1, 30), st.floats(0.05, 5), st.integers(0, 2**31))
+def test_blur_max_lies_between_the_grid_min_and_its_max(h, w, sigma, seed):
+    from mmad_boost.experts.patchcore import blur_max
+
+    g = np.random.default_rng(seed).gamma(2.0, size=(h, w)).astype(np.float32)
+    b = blur_max(g, sigma)  # a blur averages with non-negative weights (edges mirrored): within the grid's range
+    assert g.min() * (1 - 1e-5) - 1e-6 <= b <= g.max() * (1 + 1e-5)
+    assert b >= blur_max(np.full_like(g, g.min()), sigma) - 1e-5
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.one_of(st.text(max_size=12), st.sampled_from(["topk", "blur-max"])), st.one_of(st.floats(allow_nan=True), st.text(max_size=6)))
+def test_image_score_options_are_accepted_or_refused_in_one_line(rule, sigma):
+    try:
+        expert = create_expert("patchcore", image_score=rule, image_score_sigma=sigma)
+    except MmadError as e:
+        assert "image_score" in str(e) and "\n" not in str(e)
+    else:
+        assert expert.image_score in ("topk", "blur-max") and 0 < expert.image_score_sigma <= 100

@@ -1,33 +1,19 @@
 """The run loop is written once (running/loop.py) and parameterised by an executor."""
 import ast
-import threading
 from pathlib import Path
 
 import pytest
 
 from mmad_boost.errors import MmadError
-from mmad_boost.models.baselines import RandomBaseline
 from mmad_boost.protocol.data import Benchmark
 from mmad_boost.running.loop import run_questions
 from mmad_boost.running.records import read_records
 from mmad_boost.running.runner import Runner
+from test_distributed import CountingModel  # the one per-image counting model
 
 RUNNING = Path(__file__).resolve().parents[1] / "mmad_boost" / "running"
 
 
-class PreparingModel(RandomBaseline):
-    """Random answers; counts per-image `prepare` calls."""
-
-    def __init__(self):
-        super().__init__(seed=1)
-        self.prepares = 0
-        self.lock = threading.Lock()
-
-    def prepare(self, query):
-        with self.lock:
-            self.prepares += 1
-        query.trace["prepared_for"] = query.info.key
-        return query
 
 
 class ImageExecutor:
@@ -77,8 +63,8 @@ def _plain(records):
 def test_image_units_give_the_thread_runs_records(shared_fixture_root, tmp_path):
     bench = Benchmark(shared_fixture_root)
     items = bench.select()
-    Runner(bench, PreparingModel(), tmp_path / "threads", workers=3, progress=False).run(items)
-    model = PreparingModel()
+    Runner(bench, CountingModel(), tmp_path / "threads", workers=3, progress=False).run(items)
+    model = CountingModel()
     runner = Runner(bench, model, tmp_path / "images", progress=False)
     executor = ImageExecutor(runner)
     summary = run_questions(runner, items, executor)
@@ -92,7 +78,7 @@ def test_interrupt_keeps_what_was_recorded_and_resume_asks_the_rest(shared_fixtu
     bench = Benchmark(shared_fixture_root)
     items = bench.select()
     out = tmp_path / "run"
-    runner = Runner(bench, PreparingModel(), out, progress=False)
+    runner = Runner(bench, CountingModel(), out, progress=False)
     first = run_questions(runner, items, ImageExecutor(runner, fail_at=5))  # 3 in flight, 1 more, then Ctrl-C
     assert first.interrupted and 0 < first.asked < len(items)
     assert "Run the same command again to resume" in capsys.readouterr().err
@@ -104,7 +90,7 @@ def test_interrupt_keeps_what_was_recorded_and_resume_asks_the_rest(shared_fixtu
 
 def test_user_error_before_any_answer_leaves_no_run_folder(shared_fixture_root, tmp_path):
     bench = Benchmark(shared_fixture_root)
-    runner = Runner(bench, PreparingModel(), tmp_path / "run", progress=False)
+    runner = Runner(bench, CountingModel(), tmp_path / "run", progress=False)
 
     class Refusing(ImageExecutor):
         def start(self, units):

@@ -21,11 +21,11 @@ A `[tuning]` table (written by `mmad-boost tune`: its evidence) is kept for peop
 from __future__ import annotations
 
 import os
-import tomllib
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from ..atomic import read_toml
 from ..errors import MmadError
 from ..protocol.scoring import SUBTASKS, subtask_of
 
@@ -112,13 +112,7 @@ class Route:
         path = Path(path)
         if not path.is_file():
             raise MmadError(f"{path}: route file not found; write one (docs/routing.md) or make one with `mmad-boost tune`")
-        try:
-            d = tomllib.loads(path.read_text(encoding="utf-8"))
-        except tomllib.TOMLDecodeError as e:
-            raise MmadError(f"{path}: not valid TOML ({e}); see docs/routing.md") from None
-        except UnicodeDecodeError:
-            raise MmadError(f"{path}: not UTF-8 text; save it as UTF-8") from None
-        return cls.from_dict(d, where=str(path))
+        return cls.from_dict(read_toml(path, "docs/routing.md"), where=str(path))
 
     @classmethod
     def coerce(cls, route: Any) -> "Route | None":

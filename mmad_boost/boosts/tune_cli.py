@@ -10,16 +10,14 @@ from ..errors import MmadError
 
 
 def register_cli(sub) -> None:
+    from ..cli import add_model_arguments
     from ..protocol.settings import SETTING_HELP
     from .tune import RULES
 
     p = sub.add_parser("tune", help="choose per subtask which boosts to apply, on a dev part of the images; report on the rest")
     p.add_argument("--data", required=True, help="data root (images under MMAD's key layout)")
     p.add_argument("--questions", help="question file (default DATA/mmad.json)")
-    p.add_argument("--model", required=True, help="model SPEC, e.g. baseline:features, openai:gpt-4o, hf:/path, python:mod:attr")
-    p.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE", help="option for the model factory (repeatable; default: none)")
-    p.add_argument("--base-url", help="openai: chat-completions endpoint base URL (default https://api.openai.com/v1)")
-    p.add_argument("--api-key-env", help="openai: name of the environment variable holding the key (default OPENAI_API_KEY)")
+    add_model_arguments(p, "model SPEC, e.g. baseline:features, openai:gpt-4o, hf:/path, python:mod:attr")
     p.add_argument("--dev-fraction", type=float, default=0.3, help="share of each (category, normal/defective) group's images used for choosing, "
                    "between 0 and 1; the rest is the untouched test part (default 0.3)")
     p.add_argument("--seed", type=int, default=0, help="seed of the dev/test split of the images (default 0)")

@@ -29,7 +29,8 @@ def register_cli(sub) -> None:
     f.add_argument("--holdout", type=float, default=None, help="fraction of the normal images kept out of fitting for calibration "
                    "(default: none, every normal fits and is scored by a model without it: leave-one-out for patchcore, 5-fold refits otherwise)")
     f.add_argument("--defects", metavar="DIR", help="folder of labelled defective TRAINING images (never test ones): patchcore then "
-                   "chooses its image score (top-k fraction) by how many of them it catches at the target rate (default: none, keep the configured rule)")
+                   "chooses its image score (choices: top-k mean for k = 0, 0.1, 0.5, 1 %% of the patches; blurred map's maximum at 1 or 2 patches) "
+                   "by how many of them it catches at the target rate (default: none, keep the configured rule)")
     f.add_argument("--margin", type=float, default=1.0, help="image threshold = conformal quantile of the normal scores x margin (default 1.0)")
     f.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="expert option, e.g. size=320 (repeatable; default: none)")
     f.add_argument("--out", required=True, help="expert folder to write")
@@ -115,16 +116,16 @@ def cmd_fit(args) -> int:
     fit_files, cal_files = fitted.fit_files, fitted.calibration_files
     choice = []
     if args.defects:
-        from .score_choice import choose_topk
+        from .score_choice import choose_image_score
 
         defect_files = image_files(Path(args.defects))
         if not defect_files:
             raise MmadError(f"--defects {args.defects}: no images found; give a folder of defective training images")
         if cal_files or getattr(expert, "kind", "") != "patchcore" or getattr(expert, "mode", "") != "full":
             raise MmadError("--defects: the image score is chosen for patchcore (full mode) calibrated on all normals; drop --holdout")
-        choice = choose_topk(expert, [load_rgb(f) for f in defect_files])
+        choice = choose_image_score(expert, [load_rgb(f) for f in defect_files])
         for r in choice:
-            print(f"  image score top {100 * r['topk']:g} %: catches {r['caught']}/{r['defects']} training defects at the target rate"
+            print(f"  image score {r['label']}: catches {r['caught']}/{r['defects']} training defects at the target rate"
                   + ("  <- chosen" if r["chosen"] else ""), file=sys.stderr)
     fit_s = time.perf_counter() - t0
     out = expert.save(args.out)

@@ -128,8 +128,8 @@ TOP_FIELDS: dict[str, tuple[Check, bool]] = {  # name: (check, required)
     "calibration_images": (list_of(text()), False),
     "calibration": (object_of(CALIBRATION_FIELDS), False),
     # how `expert fit --defects` chose patchcore's image score (experts.score_choice): for the record only
-    "image_score_choice": (list_of(object_of({k: (scalar, True) for k in ("topk", "threshold", "caught", "defects", "mean_ratio", "configured", "chosen")}),
-                                   max_items=100), False),
+    "image_score_choice": (list_of(object_of({**{k: (scalar, True) for k in ("topk", "threshold", "caught", "defects", "mean_ratio", "configured", "chosen")},
+                                              **{k: (scalar, False) for k in ("image_score", "image_score_sigma", "label")}}), max_items=100), False),
 }
 
 CONFIG_FIELDS: dict[str, dict[str, Check]] = {
@@ -137,7 +137,7 @@ CONFIG_FIELDS: dict[str, dict[str, Check]] = {
         "backbone": text(), "mode": text(choices=("full", "few-shot")), "size": integer(1, 16384),
         "coreset_ratio": number(1e-9, 1), "sigma": number(0, 1000), "foreground": boolean(or_text=True),
         "seed": integer(), "reweight": boolean(), "topk": number(0, 1e9, optional=True), "knn": integer(1, 100_000, optional=True),
-        "batch": integer(1, 100_000),
+        "batch": integer(1, 100_000), "image_score": text(choices=("topk", "blur-max")), "image_score_sigma": number(1e-9, 100),
     },
     "gt": {},
     "anomalyclip": {

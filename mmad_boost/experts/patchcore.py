@@ -8,7 +8,10 @@ exact nearest-neighbour search. Patch score = mean distance to the `knn` nearest
 (default 3 in full mode; the paper's is 1): one coreset entry that happens to lie near a defect patch no longer
 hides it. Image score = the mean of the top `topk` fraction of patch scores (default 0.1 %: 3 of
 the 2304 patches at 384 px), so one noisy patch no longer decides. Both lifted image AUROC on the
-sample at 384 px (docs/benchmarks.md). knn=1, topk=0 is the paper's largest patch distance,
+sample at 384 px (docs/benchmarks.md). `image_score="blur-max"` instead takes the largest value of
+the patch-score grid blurred by a Gaussian of `image_score_sigma` patches: a defect a few patches
+wide then outscores one noisy patch of the same height (`expert fit --defects` chooses between
+them, experts/score_choice.py). knn=1, topk=0 is the paper's largest patch distance,
 reweight=True its eq. 7 density damping of it. Map = patch scores upsampled bilinearly and
 Gaussian-smoothed (sigma 4 px at the working size), then resized to the image. Input 384 px by
 default: MMAD's defects are often under 0.1 % of the image, below one stride-8 patch at 256 px.
@@ -148,6 +151,22 @@ def top_mean(scores: np.ndarray, topk: float) -> float:
     return float(np.partition(scores.ravel(), scores.size - n)[-n:].mean())
 
 
+IMAGE_SCORES = ("topk", "blur-max")
+
+
+def blur_max(patch: np.ndarray, sigma: float) -> float:
+    """Largest value of a 2-D patch-score grid after a Gaussian blur of `sigma` patches (edges mirrored)."""
+    import cv2
+
+    k = 2 * int(4 * sigma + 0.5) + 1
+    return float(cv2.GaussianBlur(np.asarray(patch, np.float32), (k, k), sigma, borderType=cv2.BORDER_REFLECT).max())
+
+
+def patch_image_score(patch: np.ndarray, rule: str, topk: float, sigma: float) -> float:
+    """An image score from its 2-D patch-score grid by `rule` (IMAGE_SCORES)."""
+    return blur_max(patch, sigma) if rule == "blur-max" else top_mean(patch, topk)
+
+
 def foreground_mask(image: Image.Image) -> np.ndarray | None:
     """MMAD's GrabCut foreground of the image as drawn (rendering.mmad_foreground), at the image's
     size; None when the filter is skipped (under 5 % found)."""
@@ -165,7 +184,7 @@ class PatchCore(Expert):
 
     def __init__(self, backbone: str = DEFAULT_BACKBONE, mode: str = "full", size: int = 384, coreset_ratio: float | None = None,
                  sigma: float = 4.0, foreground: bool = False, seed: int = 0, batch: int = 8, reweight: bool = False,
-                 topk: float | None = None, knn: int | None = None):
+                 topk: float | None = None, knn: int | None = None, image_score: str = "topk", image_score_sigma: float = 1.0):
         super().__init__()
         if mode not in ("full", "few-shot"):
             raise MmadError(f"patchcore mode {mode!r}: use full or few-shot")
@@ -188,6 +207,17 @@ class PatchCore(Expert):
         if self.reweight and (float(topk) > 0 or int(knn) != 1):
             raise MmadError("patchcore: reweight (paper eq. 7) damps the single largest nearest-neighbour distance; use it with topk=0 knn=1")
         self.topk, self.knn = float(topk), int(knn)
+        if image_score not in IMAGE_SCORES:
+            raise MmadError(f"patchcore image_score {image_score!r}: use {' or '.join(IMAGE_SCORES)} (default topk)")
+        try:
+            image_score_sigma = float(image_score_sigma)
+        except (TypeError, ValueError):
+            image_score_sigma = -1.0
+        if not 0 < image_score_sigma <= 100:
+            raise MmadError(f"patchcore image_score_sigma {image_score_sigma}: use a blur width in patches in (0, 100] (default 1)")
+        if self.reweight and image_score != "topk":
+            raise MmadError("patchcore: reweight (paper eq. 7) fixes the image score; use it with image_score=topk")
+        self.image_score, self.image_score_sigma = image_score, image_score_sigma
         self.needs_templates = mode == "few-shot"
         self.name = "patchcore" if mode == "full" else "patchcore-fewshot"
         self.bank: np.ndarray | None = None
@@ -198,7 +228,14 @@ class PatchCore(Expert):
     def config(self) -> dict:
         return {"backbone": self.backbone, "mode": self.mode, "size": self.size, "coreset_ratio": self.coreset_ratio,
                 "sigma": self.sigma, "foreground": self.foreground, "seed": self.seed, "reweight": self.reweight, "topk": self.topk,
-                "knn": self.knn}
+                "knn": self.knn, **self._image_score_config()}
+
+    def _image_score_config(self) -> dict:
+        """The image-score rule's keys, only when not the default: folders and state ids written
+        before the rule existed stay the same."""
+        if self.image_score == "topk":
+            return {}
+        return {"image_score": self.image_score, "image_score_sigma": self.image_score_sigma}
 
     # -- features ------------------------------------------------------------------
     def features(self, images: list[Image.Image], progress=None) -> np.ndarray:
@@ -270,7 +307,7 @@ class PatchCore(Expert):
             loo = self._index_of(self.bank[keep])
             searched = knn_patch_scores(loo, np.ascontiguousarray(feats[i].reshape(-1, feats.shape[-1])), self.knn)
             amap, score = self._score_features(image, feats[i], loo, searched)
-            self._calibration_patches.append(searched[0])  # in memory only: lets an image-score rule be chosen without searching again
+            self._calibration_patches.append(searched[0].reshape(feats.shape[1:3]))  # 2-D grid, in memory only: lets an image-score rule be chosen without searching again
             scores.append(score)
             maxima.append(float(amap.max()))
             if progress is not None:
@@ -322,7 +359,7 @@ class PatchCore(Expert):
         flat = np.ascontiguousarray(feats.reshape(-1, c))
         scores, nn = searched if searched is not None else knn_patch_scores(index, flat, self.knn)
         patch = scores.reshape(h, w)
-        score = self._reweighted(index, flat, scores, nn) if self.reweight else top_mean(scores, self.topk)
+        score = self._reweighted(index, flat, scores, nn) if self.reweight else patch_image_score(patch, self.image_score, self.topk, self.image_score_sigma)
         amap = cv2.resize(patch, (self.size, self.size), interpolation=cv2.INTER_LINEAR)
         if self.sigma > 0:
             k = 2 * int(4 * self.sigma + 0.5) + 1

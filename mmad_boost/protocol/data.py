@@ -17,18 +17,9 @@ from PIL import Image
 
 from ..errors import MmadError
 from .keys import VALID_LETTERS, is_normal_key
+from .keys import QUESTION_TYPES  # noqa: F401  (importable from here as before)
 from .image_files import check_image_file, load_mask, load_rgb, to_rgb  # noqa: F401  (importable from here as before)
 
-QUESTION_TYPES = (
-    "Anomaly Detection",
-    "Defect Classification",
-    "Defect Localization",
-    "Defect Description",
-    "Defect Analysis",
-    "Object Classification",
-    "Object Structure",
-    "Object Details",
-)
 # short names for --type (and Benchmark.select(types=...)); any unambiguous prefix works too
 QUESTION_TYPE_ALIASES = {
     "anomaly": "Anomaly Detection",

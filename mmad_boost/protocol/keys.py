@@ -11,6 +11,19 @@ from pathlib import PurePath
 LETTERS = "ABCDE"  # the option letters MMAD uses, in order
 VALID_LETTERS = frozenset(LETTERS)  # an answer outside these is a parse failure (dropped from accuracy)
 
+# MMAD's eight question types; scores merge the last two into the subtask "Object Analysis" (§6)
+QUESTION_TYPES = (
+    "Anomaly Detection",
+    "Defect Classification",
+    "Defect Localization",
+    "Defect Description",
+    "Defect Analysis",
+    "Object Classification",
+    "Object Structure",
+    "Object Details",
+)
+OBJECT_ANALYSIS_TYPES = ("Object Structure", "Object Details")
+
 # files taken as images wherever a folder is listed (normal images, references, expert fits)
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 

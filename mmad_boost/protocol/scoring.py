@@ -10,22 +10,15 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from .keys import OBJECT_ANALYSIS_TYPES, QUESTION_TYPES
 from .record import Record, as_record
 
-SUBTASKS = (
-    "Anomaly Detection",
-    "Defect Classification",
-    "Defect Localization",
-    "Defect Description",
-    "Defect Analysis",
-    "Object Classification",
-    "Object Analysis",
-)
+SUBTASKS = tuple(t for t in QUESTION_TYPES if t not in OBJECT_ANALYSIS_TYPES) + ("Object Analysis",)
 EXTRA_METRICS = ("Overkill", "Miss", "Precision", "Recall", "F1", "Questions", "Dropped", "Parse Failures", "Errors")
 
 
 def subtask_of(question_type: str) -> str:
-    return "Object Analysis" if question_type in ("Object Structure", "Object Details") else question_type
+    return "Object Analysis" if question_type in OBJECT_ANALYSIS_TYPES else question_type
 
 
 def _mean(values):

@@ -164,13 +164,12 @@ def draft_knowledge(bench, model, out: Path, *, model_spec: str, normals: int = 
 
 
 def add_draft_parser(kbs) -> None:
+    from ..cli import add_model_arguments
+
     d = kbs.add_parser("draft", help="draft knowledge files from your images with a model (normal look, each defect type), for review")
     d.add_argument("--data", required=True, help="MMAD-layout data root with its question file (normals from <Dataset>/<category>/train/good)")
     d.add_argument("--questions", help="question file (default DATA/mmad.json); defect types from its Defect Classification answers, else image folders")
-    d.add_argument("--model", required=True, help="model SPEC that sees images, e.g. openai:gpt-4o (with --base-url for a local server)")
-    d.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE", help="option for the model factory (repeatable; default: none)")
-    d.add_argument("--base-url", help="openai: chat-completions endpoint base URL (default https://api.openai.com/v1)")
-    d.add_argument("--api-key-env", help="openai: name of the environment variable holding the key (default OPENAI_API_KEY)")
+    add_model_arguments(d, "model SPEC that sees images, e.g. openai:gpt-4o (with --base-url for a local server)")
     d.add_argument("--normals", type=int, default=3, help="normal images shown per category (default 3)")
     d.add_argument("--per-defect", type=int, default=2, help="defective images shown per defect type, masks outlined in red where they exist (default 2)")
     d.add_argument("--out", required=True, help="knowledge folder to write (<Dataset>/<category>.toml); files without [draft] are never overwritten")

@@ -17,10 +17,10 @@ mode reproduces MMAD's prompt text exactly.
 from __future__ import annotations
 
 import json
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..atomic import read_toml
 from ..errors import MmadError
 
 # MMAD's question files name MVTec AD two ways; its knowledge file uses `MVTec` (protocol §2).
@@ -183,12 +183,7 @@ def _need_str(path: Path, d: dict, key: str, required: bool = True) -> str | Non
 
 def load_category_file(path: str | Path) -> CategoryKnowledge:
     path = Path(path)
-    try:
-        d = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as e:
-        raise MmadError(f"{path}: not valid TOML ({e}); see knowledge_base/README.md") from None
-    except UnicodeDecodeError:
-        raise MmadError(f"{path}: not UTF-8 text; save it as UTF-8") from None
+    d = read_toml(path, "knowledge_base/README.md")
     known = {"dataset", "category", "normal", "summary", "references", "defect", "title", "draft"}
     extra = sorted(set(d) - known)
     if extra:
