@@ -55,7 +55,7 @@ def run(category: str, size: int, seeds: int, sides: list[str], cache: Path) -> 
     from sklearn.metrics import roc_auc_score
 
     from mmad_boost.experts import create_expert
-    from mmad_boost.experts.patchcore import knn_patch_scores, top_mean
+    from mmad_boost.experts.patch_scores import knn_patch_scores, top_mean
     from mmad_boost.experts.sample import visa_split
 
     split = visa_split(category)

@@ -280,7 +280,7 @@ def _gauss_centre(sigma: float) -> float:
 
 @pytest.mark.parametrize("sigma", [1.0, 2.0])
 def test_blur_max_has_the_known_gaussian_answer(sigma):
-    from mmad_boost.experts.patchcore import blur_max, top_mean
+    from mmad_boost.experts.patch_scores import blur_max, top_mean
 
     assert blur_max(np.full((30, 30), 7.0), sigma) == pytest.approx(7.0, rel=1e-5)  # a blur keeps a flat map
     spike = np.zeros((41, 41))
@@ -311,7 +311,7 @@ def _normals_and_defects(rng):
 
 
 def test_chooser_picks_the_image_score_that_separates_the_defects(tmp_path):
-    from mmad_boost.experts.patchcore import blur_max
+    from mmad_boost.experts.patch_scores import blur_max
     from mmad_boost.experts.score_choice import choose_image_score, choose_topk
 
     normals, defects = _normals_and_defects(np.random.default_rng(0))
@@ -361,7 +361,7 @@ def test_image_score_rule_in_config_round_trip_and_default_identity(tmp_path):
 @settings(max_examples=60, deadline=None)
 @given(st.integers(1, 30), st.integers(1, 30), st.floats(0.05, 5), st.integers(0, 2**31))
 def test_blur_max_lies_between_the_grid_min_and_its_max(h, w, sigma, seed):
-    from mmad_boost.experts.patchcore import blur_max
+    from mmad_boost.experts.patch_scores import blur_max
 
     g = np.random.default_rng(seed).gamma(2.0, size=(h, w)).astype(np.float32)
     b = blur_max(g, sigma)  # a blur averages with non-negative weights (edges mirrored): within the grid's range

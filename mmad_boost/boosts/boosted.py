@@ -12,14 +12,12 @@ from __future__ import annotations
 import os
 import threading
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 from ..errors import MmadError
 from ..models.base import MLLM, ChecksSamples, Closes, Prepares, as_model, model_config, query_from_hand, to_prompt
 from ..protocol.prompt import Prompt, Query, SampleInfo, build_prompt
 from .expert_boost import EVIDENCE, ExpertBoost, check_evidence, check_viz  # noqa: F401  (EVIDENCE: the public choices)
-from .expert_provider import make_provider
 from .knowledge import RETRIEVAL_MODES, KnowledgeBoost  # noqa: F401  (RETRIEVAL_MODES: the public choices)
 
 
@@ -58,33 +56,22 @@ class BoostedModel(MLLM):
                  expert_options: dict | None = None, cache_dir: str | os.PathLike | None = None, holdout: float | None = None,
                  false_marks: float | None = None, evidence: str = "picture", save_pictures: bool = True,
                  visualization: str | None = None, knowledge: str | os.PathLike | None = None, route: Any = None):
-        from ..experts.base import check_false_marks
-        from ..experts.fitting import check_holdout
         from .routing import Route
 
         viz = check_viz(_renamed("visualization", visualization, "viz", viz, "bbox"))
         kb = _renamed("knowledge", knowledge, "kb", kb, None)
         self.base = as_model(base)
-        holdout = check_holdout(holdout)
-        false_marks = None if false_marks is None else check_false_marks(false_marks)
-        check_evidence(evidence, calibrated)
+        drawing = {"viz": viz, "evidence": check_evidence(evidence, calibrated), "save_pictures": save_pictures}
         self.knowledge_boost = KnowledgeBoost.make(rag, retrieval, kb, mmad_knowledge)
-        cache_dir = Path(cache_dir) if cache_dir else None
-        options = dict(expert_options or {})
-        provider = make_provider(expert, options, calibrated=bool(calibrated), holdout=holdout, false_marks=false_marks, cache_dir=cache_dir)
-        if calibrated and provider is None:
-            raise MmadError("calibrated=True needs an expert: pass expert=... (CLI: --expert NAME --calibrated)")
-        self.expert_boost = None if provider is None else ExpertBoost(provider, viz=viz, calibrated=calibrated, evidence=evidence, options=options,
-                                                     false_marks=false_marks, cache_dir=cache_dir, save_pictures=save_pictures)
+        self.expert_boost = ExpertBoost.make(expert, expert_options, calibrated, holdout, false_marks, cache_dir, **drawing)
         self.viz, self.calibrated, self.evidence = viz, bool(calibrated), evidence
         self.retrieval = self.knowledge_boost.retrieval if self.knowledge_boost else None
         self.route = Route.coerce(route)
         if self.route is not None:
             self.route.check_against(self.knowledge_boost is not None, self.expert_boost is not None, evidence)
         self._local = threading.local()
-        parts = [getattr(self.base, "name", type(self.base).__name__)]
-        parts += [b.name_part() for b in (self.knowledge_boost, self.expert_boost) if b is not None] + (["routed"] if self.route is not None else [])
-        self.name = "+".join(parts)
+        boosts = [b.name_part() for b in (self.knowledge_boost, self.expert_boost) if b is not None] + (["routed"] if self.route else [])
+        self.name = "+".join([getattr(self.base, "name", type(self.base).__name__), *boosts])
 
     def __getstate__(self):  # Ray ships models with cloudpickle: the per-thread traces stay behind
         return {k: v for k, v in self.__dict__.items() if k != "_local"}

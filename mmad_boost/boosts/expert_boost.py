@@ -41,6 +41,25 @@ class ExpertBoost:
         self.options, self.false_marks = dict(options or {}), false_marks
         self.cache_dir, self.save_pictures = cache_dir, save_pictures
 
+    @classmethod
+    def make(cls, expert, options: dict | None, calibrated: bool, holdout: float | None, false_marks: float | None,
+             cache_dir, **drawing) -> "ExpertBoost | None":
+        """The boost for BoostedModel's `expert=` (None when there is none), its arguments checked.
+        drawing: viz, evidence, save_pictures."""
+        from ..experts.base import check_false_marks
+        from ..experts.fitting import check_holdout
+        from .expert_provider import make_provider
+
+        holdout = check_holdout(holdout)
+        false_marks = None if false_marks is None else check_false_marks(false_marks)
+        cache_dir, options = (Path(cache_dir) if cache_dir else None), dict(options or {})
+        provider = make_provider(expert, options, calibrated=bool(calibrated), holdout=holdout, false_marks=false_marks, cache_dir=cache_dir)
+        if provider is None:
+            if calibrated:
+                raise MmadError("calibrated=True needs an expert: pass expert=... (CLI: --expert NAME --calibrated)")
+            return None
+        return cls(provider, calibrated=calibrated, options=options, false_marks=false_marks, cache_dir=cache_dir, **drawing)
+
     @property
     def mode(self) -> str:
         return "calibrated" if self.calibrated else "faithful"

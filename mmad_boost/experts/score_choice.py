@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import MmadError
 from .base import NormalScores, conformal_threshold
-from .patchcore import knn_patch_scores, patch_image_score
+from .patch_scores import knn_patch_scores, patch_image_score
 
 
 @dataclass(frozen=True)
