@@ -27,6 +27,7 @@ beside the best fixed threshold on those test scores with no more false marks.
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_calibration.py --folds 5 --choose [--categories capsules]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -83,17 +84,25 @@ def fold_study(categories: list[str], folds: int, false_marks: float, viz: str, 
             fit_and_calibrate(expert, [im for i, im in enumerate(images) if i not in test], false_marks=false_marks)
             outs = expert.predict_batch([images[i] for i in test] + [d[0] for d in defects])
             items = [scored(normals[i].name, images[i], o.map, o.score, None, expert.resample) for i, o in zip(test, outs)]
-            items += [scored(name, im, o.map, o.score, mask, expert.resample) for (im, mask, name), o in zip(defects, outs[len(test):])]
+            items += [scored(name, im, o.map, o.score, mask, expert.resample) for (im, mask, name), o in zip(defects, outs[len(test) :])]
             curve = {}
             for target in sorted(set(TARGETS) | {false_marks}):
                 expert.set_false_marks(target)
                 fm, hits, missed = counts(items, viz, expert.image_threshold, expert.pixel_threshold)
-                curve[target] = {"false_marks": fm, "hits": hits, "best_fixed_hits": best_fixed(items, viz, fm, expert.pixel_threshold),
-                                 "missed_areas": [round(m.area, 6) for m in missed]}
+                curve[target] = {
+                    "false_marks": fm,
+                    "hits": hits,
+                    "best_fixed_hits": best_fixed(items, viz, fm, expert.pixel_threshold),
+                    "missed_areas": [round(m.area, 6) for m in missed],
+                }
             rows.append({"category": cat, "fold": fold, "normal": len(test), "defective": len(defects), "curve": curve})
             c = curve[false_marks]
-            print(f"  {cat} fold {fold}: false marks {c['false_marks']}/{len(test)}, hits {c['hits']}/{len(defects)}, "
-                  f"best fixed {c['best_fixed_hits']}/{len(defects)}", file=sys.stderr, flush=True)
+            print(
+                f"  {cat} fold {fold}: false marks {c['false_marks']}/{len(test)}, hits {c['hits']}/{len(defects)}, "
+                f"best fixed {c['best_fixed_hits']}/{len(defects)}",
+                file=sys.stderr,
+                flush=True,
+            )
     return rows
 
 
@@ -131,14 +140,24 @@ def choice_study(categories: list[str], folds: int, false_marks: float, viz: str
                 table = choose_image_score(expert, train_defects, candidates) if candidates else []
                 outs = expert.predict_batch([images[i] for i in test] + [d[0] for d in test_defects])
                 items = [scored(normals[i].name, images[i], o.map, o.score, None, expert.resample) for i, o in zip(test, outs)]
-                items += [scored(name, im, o.map, o.score, mask, expert.resample) for (im, mask, name), o in zip(test_defects, outs[len(test):])]
+                items += [scored(name, im, o.map, o.score, mask, expert.resample) for (im, mask, name), o in zip(test_defects, outs[len(test) :])]
                 fm, hits, _ = counts(items, viz, expert.image_threshold, expert.pixel_threshold)
                 chosen = next((r["label"] for r in table if r["chosen"]), "top 0.1 %")
-                rows.append({"category": cat, "fold": fold, "arm": arm, "normal": len(test), "defective": len(test_defects),
-                             "false_marks": fm, "hits": hits, "best_fixed_hits": best_fixed(items, viz, fm, expert.pixel_threshold),
-                             "chosen": chosen, "table": table})
-                print(f"  {cat} fold {fold} {arm}: {chosen}; false marks {fm}/{len(test)}, hits {hits}/{len(test_defects)}",
-                      file=sys.stderr, flush=True)
+                rows.append(
+                    {
+                        "category": cat,
+                        "fold": fold,
+                        "arm": arm,
+                        "normal": len(test),
+                        "defective": len(test_defects),
+                        "false_marks": fm,
+                        "hits": hits,
+                        "best_fixed_hits": best_fixed(items, viz, fm, expert.pixel_threshold),
+                        "chosen": chosen,
+                        "table": table,
+                    }
+                )
+                print(f"  {cat} fold {fold} {arm}: {chosen}; false marks {fm}/{len(test)}, hits {hits}/{len(test_defects)}", file=sys.stderr, flush=True)
     return rows
 
 
@@ -151,7 +170,9 @@ def print_choice_table(rows: list[dict]) -> None:
             n, d = sum(r["normal"] for r in part), sum(r["defective"] for r in part)
             fm, hits, best = (sum(r[k] for r in part) for k in ("false_marks", "hits", "best_fixed_hits"))
             chosen = ", ".join(r["chosen"] for r in part) if cat != "both" else ""
-            print(f"{cat:9} {arm:20} {fm:>3}/{n:<3} {100 * fm / n:3.0f}% {hits:>3}/{d:<3} {100 * hits / d:3.0f}% {best:>3}/{d:<3} {100 * best / d:3.0f}%  {chosen}")
+            print(
+                f"{cat:9} {arm:20} {fm:>3}/{n:<3} {100 * fm / n:3.0f}% {hits:>3}/{d:<3} {100 * hits / d:3.0f}% {best:>3}/{d:<3} {100 * best / d:3.0f}%  {chosen}"
+            )
 
 
 def print_fold_table(rows: list[dict], false_marks: float) -> None:
@@ -166,7 +187,9 @@ def print_fold_table(rows: list[dict], false_marks: float) -> None:
             hits = sum(r["curve"][t]["hits"] for r in part)
             best = sum(r["curve"][t]["best_fixed_hits"] for r in part)
             star = "  <- calibrated" if float(t) == false_marks else ""
-            print(f"{cat:9} {float(t):6g} {fm:>4}/{n:<3} {100 * fm / n:3.0f}% {hits:>3}/{d:<3} {100 * hits / d:3.0f}% {best:>3}/{d:<3} {100 * best / d:3.0f}%{star}")
+            print(
+                f"{cat:9} {float(t):6g} {fm:>4}/{n:<3} {100 * fm / n:3.0f}% {hits:>3}/{d:<3} {100 * hits / d:3.0f}% {best:>3}/{d:<3} {100 * best / d:3.0f}%{star}"
+            )
 
 
 def main() -> int:
@@ -178,8 +201,9 @@ def main() -> int:
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--folds", type=int, default=0, help="cross-validate calibration over K folds of the normals instead (default 0: off)")
     ap.add_argument("--false-marks", type=float, default=0.1, help="target false-mark rate for --folds (default 0.1)")
-    ap.add_argument("--choose", action="store_true", help="with --folds: measure the image-score chooser on rotating training defects "
-                    "(default: off, calibration only)")
+    ap.add_argument(
+        "--choose", action="store_true", help="with --folds: measure the image-score chooser on rotating training defects (default: off, calibration only)"
+    )
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.folds:
@@ -190,15 +214,19 @@ def main() -> int:
         torch.set_num_threads(1)
         if args.choose:
             rows = choice_study(args.categories, args.folds, args.false_marks, args.viz, option_pairs(args.option))
-            print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; patchcore defaults {args.option or ''}; {args.folds} folds: "
-                  f"5 test normals and 3 test defects per fold, the other 20 normals fitted and calibrated at {args.false_marks:g}, the other 12 defects to choose by")
+            print(
+                f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; patchcore defaults {args.option or ''}; {args.folds} folds: "
+                f"5 test normals and 3 test defects per fold, the other 20 normals fitted and calibrated at {args.false_marks:g}, the other 12 defects to choose by"
+            )
             print_choice_table(rows)
             if args.json:
                 Path(args.json).write_text(json.dumps(rows, indent=1, default=str))
             return 0
         rows = fold_study(args.categories, args.folds, args.false_marks, args.viz, option_pairs(args.option))
-        print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; patchcore defaults {args.option or ''}; "
-              f"{args.folds} folds x 5 test normals + 15 defects per category; calibrated at {args.false_marks:g} on each fold's 20 training normals")
+        print(
+            f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; patchcore defaults {args.option or ''}; "
+            f"{args.folds} folds x 5 test normals + 15 defects per category; calibrated at {args.false_marks:g} on each fold's 20 training normals"
+        )
         print_fold_table(rows, args.false_marks)
         if args.json:
             Path(args.json).write_text(json.dumps(rows, indent=1, default=str))
@@ -221,8 +249,10 @@ def main() -> int:
                 calibrated = cli_json(base + ["--calibrated"])
                 rows.append({"category": cat, "size": size, "faithful": faithful, "calibrated": calibrated})
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; viz {args.viz}; extra options {args.option or 'none'}")
-    hdr = (f"{'category':9} {'size':>4} {'img AUROC':>9} {'px AUROC':>8} {'ms/img':>7}   "
-           f"{'faithful: false marks':>21} {'hits':>6}   {'calibrated: false marks':>23} {'hits':>6}")
+    hdr = (
+        f"{'category':9} {'size':>4} {'img AUROC':>9} {'px AUROC':>8} {'ms/img':>7}   "
+        f"{'faithful: false marks':>21} {'hits':>6}   {'calibrated: false marks':>23} {'hits':>6}"
+    )
     print(hdr + "\n" + "-" * len(hdr))
 
     def frac(rows, mode, key, count):
@@ -236,9 +266,11 @@ def main() -> int:
             part = r.get("pooled", [r])
             f = part[0]["faithful"]
             auroc = f"{f['image_auroc']:9.3f} {f['pixel_auroc']:8.3f} {f['ms_per_image']:7.1f}" if "pooled" not in r else " " * 26
-            print(f"{r['category']:9} {size:4d} {auroc}   {frac(part, 'faithful', 'false_mark_rate', 'normal'):>21} "
-                  f"{frac(part, 'faithful', 'hit_rate', 'defective'):>6}   {frac(part, 'calibrated', 'false_mark_rate', 'normal'):>23} "
-                  f"{frac(part, 'calibrated', 'hit_rate', 'defective'):>6}")
+            print(
+                f"{r['category']:9} {size:4d} {auroc}   {frac(part, 'faithful', 'false_mark_rate', 'normal'):>21} "
+                f"{frac(part, 'faithful', 'hit_rate', 'defective'):>6}   {frac(part, 'calibrated', 'false_mark_rate', 'normal'):>23} "
+                f"{frac(part, 'calibrated', 'hit_rate', 'defective'):>6}"
+            )
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     return 0

@@ -23,6 +23,7 @@ CPU (process) time beside wall time. Both sides get the same decoded images; tor
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_experts.py [--categories fryum capsules]
         [--size 384] [--seeds 3] [--folds 5] [--repeats 3] [--ours-option topk=0] [--json FILE]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -163,14 +164,19 @@ def time_side_by_side(category: str, dirs: dict[str, str], threads: int, repeats
                 wall[side].append(time.perf_counter() - t0)
                 cpu[side].append(time.process_time() - c0)
                 per_round[side].append(wall[side][-1])
-        for side in (list(experts) if r % 2 == 0 else list(experts)[::-1]):
+        for side in list(experts) if r % 2 == 0 else list(experts)[::-1]:
             t0 = time.perf_counter()
             experts[side].predict_batch(images)
             batch[side].append((time.perf_counter() - t0) / len(images))
         rounds.append(float(np.median(per_round["anomalib"]) / np.median(per_round["ours"])))
     ms = lambda v: 1000 * float(np.median(v))  # noqa: E731
-    return {"category": category, "ms_per_image": {s: ms(wall[s]) for s in experts}, "cpu_ms_per_image": {s: ms(cpu[s]) for s in experts},
-            "ms_per_image_batch": {s: ms(batch[s]) for s in experts}, "round_ratios": rounds}
+    return {
+        "category": category,
+        "ms_per_image": {s: ms(wall[s]) for s in experts},
+        "cpu_ms_per_image": {s: ms(cpu[s]) for s in experts},
+        "ms_per_image_batch": {s: ms(batch[s]) for s in experts},
+        "round_ratios": rounds,
+    }
 
 
 def run_guarded(cmd: list[str], max_rss_gb: float, fitting: bool = True) -> dict | None:
@@ -241,16 +247,30 @@ def main() -> int:
         with tempfile.TemporaryDirectory() as tmp:
             dirs = {side: str(Path(tmp) / side) for side in args.sides}
             for side in args.sides:
-                cmd = [sys.executable, __file__, "--one", side, cat, "--threads", str(args.threads), "--size", str(args.size),
-                       "--seeds", str(args.seeds), "--folds", str(args.folds), "--save-dir", dirs[side]] + [f"--ours-option={o}" for o in args.ours_option]
+                cmd = [
+                    sys.executable,
+                    __file__,
+                    "--one",
+                    side,
+                    cat,
+                    "--threads",
+                    str(args.threads),
+                    "--size",
+                    str(args.size),
+                    "--seeds",
+                    str(args.seeds),
+                    "--folds",
+                    str(args.folds),
+                    "--save-dir",
+                    dirs[side],
+                ] + [f"--ours-option={o}" for o in args.ours_option]
                 result = run_guarded(cmd, args.max_rss_gb)
                 if result is None:
                     print(f"{side} {cat}: exceeded {args.max_rss_gb} GB RSS and was stopped (the machine is shared)", file=sys.stderr)
                     result = {"side": side, "category": cat, "standard": [], **{k: float("nan") for k in keys}}
                 pair[side] = result
             if all(Path(dirs.get(side, tmp), "expert.json").is_file() for side in ("ours", "anomalib")):
-                cmd = [sys.executable, __file__, "--time", cat, dirs["ours"], dirs["anomalib"], "--threads", str(args.threads),
-                       "--repeats", str(args.repeats)]
+                cmd = [sys.executable, __file__, "--time", cat, dirs["ours"], dirs["anomalib"], "--threads", str(args.threads), "--repeats", str(args.repeats)]
                 timing = run_guarded(cmd, args.max_rss_gb, fitting=False)
                 for side in ("ours", "anomalib"):
                     for key in ("ms_per_image", "cpu_ms_per_image", "ms_per_image_batch"):
@@ -261,15 +281,22 @@ def main() -> int:
             for key in keys:
                 pair[side].setdefault(key, float("nan"))
         rows.append(pair)
-    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; {args.size} px, {args.seeds} coreset seeds, "
-          f"{args.folds} fold(s); ours: patchcore {json.dumps(options) if options else '(defaults)'}")
+    print(
+        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; {args.size} px, {args.seeds} coreset seeds, "
+        f"{args.folds} fold(s); ours: patchcore {json.dumps(options) if options else '(defaults)'}"
+    )
     hdr = f"{'category':10} {'metric':22} {'ours':>10} {'anomalib':>10} {'ratio':>8}"
     print(hdr + "\n" + "-" * len(hdr))
-    labels = (("image_auroc", "image AUROC (standard)", "{:.3f}"), ("image_auroc_5fold", f"image AUROC ({args.folds}-fold)", "{:.3f}"),
-              ("pixel_auroc", "pixel AUROC (standard)", "{:.3f}"), ("fit_s", "fit s", "{:.2f}"),
-              ("ms_per_image", "infer ms/img", "{:.1f}"), ("cpu_ms_per_image", "infer CPU ms/img", "{:.1f}"),
-              ("ms_per_image_batch", "infer ms/img, batch", "{:.1f}"),
-              ("peak_rss_mb", "peak RSS MB", "{:.0f}"))
+    labels = (
+        ("image_auroc", "image AUROC (standard)", "{:.3f}"),
+        ("image_auroc_5fold", f"image AUROC ({args.folds}-fold)", "{:.3f}"),
+        ("pixel_auroc", "pixel AUROC (standard)", "{:.3f}"),
+        ("fit_s", "fit s", "{:.2f}"),
+        ("ms_per_image", "infer ms/img", "{:.1f}"),
+        ("cpu_ms_per_image", "infer CPU ms/img", "{:.1f}"),
+        ("ms_per_image_batch", "infer ms/img, batch", "{:.1f}"),
+        ("peak_rss_mb", "peak RSS MB", "{:.0f}"),
+    )
     for pair in rows:
         o, a = pair["ours"], pair["anomalib"]
         for key, label, fmt in labels:

@@ -11,6 +11,7 @@
 
 Run: .venv/bin/python benchmarks/bench_harness.py [--copies 4] [--json out.json]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -138,8 +139,16 @@ def throughput(root: Path, work: Path, worker_counts=(1, 4, 16, 64), delay: floa
             wall = time.perf_counter() - t0
             client_cpu, server_cpu = time.process_time() - c0, _cpu_seconds(server.pid) - s0
             assert summary.errors == 0, f"{summary.errors} errors at {w} workers"
-            rows.append({"workers": w, "questions": n, "wall_s": wall, "q_per_s": n / wall,
-                         "client_cpu_ms_per_q": client_cpu / n * 1000, "server_cpu_ms_per_q": server_cpu / n * 1000})
+            rows.append(
+                {
+                    "workers": w,
+                    "questions": n,
+                    "wall_s": wall,
+                    "q_per_s": n / wall,
+                    "client_cpu_ms_per_q": client_cpu / n * 1000,
+                    "server_cpu_ms_per_q": server_cpu / n * 1000,
+                }
+            )
         for r in rows:
             r["speedup"] = r["q_per_s"] / rows[0]["q_per_s"]
             r["ideal_q_per_s"] = r["workers"] / delay
@@ -169,8 +178,11 @@ def main() -> None:
     ap.add_argument("--copies", type=int, default=4, help="repeat VisA's 40 test images this many times (default 4: 160 images, 760 questions)")
     ap.add_argument("--workers", default="1,4,16,64")
     ap.add_argument("--throughput-side", type=int, default=512, help="throughput run on images downscaled to this longer side (0: full 1500x1000)")
-    ap.add_argument("--visa-root", help="VisA-layout root with split_csv/1cls_subset.csv (default: the bundled sample, 512 px; "
-                    "docs/benchmarks.md's overhead figures used the original 1500x1000 VisA JPEGs)")
+    ap.add_argument(
+        "--visa-root",
+        help="VisA-layout root with split_csv/1cls_subset.csv (default: the bundled sample, 512 px; "
+        "docs/benchmarks.md's overhead figures used the original 1500x1000 VisA JPEGs)",
+    )
     ap.add_argument("--json", help="also write the figures to this file")
     args = ap.parse_args()
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
@@ -182,20 +194,26 @@ def main() -> None:
         out = {"overhead": overhead(small, tmp / "o")}
         o = out["overhead"]
         print(f"overhead, zero-latency model, {o['questions']} questions on {o['images']} VisA images ({_jpeg_size(small)} JPEG, 1-shot)")
-        print(f"  mmad-boost Runner : {o['ours_ms_per_q']:.2f} ms/question "
-              f"({o['ours_image_loading_ms_per_q']:.2f} image loading, amortised per image; {o['ours_without_loading_ms_per_q']:.2f} everything else)")
+        print(
+            f"  mmad-boost Runner : {o['ours_ms_per_q']:.2f} ms/question "
+            f"({o['ours_image_loading_ms_per_q']:.2f} image loading, amortised per image; {o['ours_without_loading_ms_per_q']:.2f} everything else)"
+        )
         print(f"  MMAD-style loop   : {o['mmad_loop_ms_per_q']:.2f} ms/question")
         print(f"  ratio             : MMAD-style / ours = {o['speedup_vs_mmad_loop']:.2f}x")
         out["per_image"] = p = per_image_work(small, tmp / "p")
-        print(f"per-image work: {p['prepares']} prepare calls for {p['images']} images / {p['questions']} questions at {p['workers']} workers "
-              f"-> {'OK' if p['prepares'] == p['images'] else 'MISMATCH'}")
+        print(
+            f"per-image work: {p['prepares']} prepare calls for {p['images']} images / {p['questions']} questions at {p['workers']} workers "
+            f"-> {'OK' if p['prepares'] == p['images'] else 'MISMATCH'}"
+        )
         out["throughput"] = rows = throughput(root, tmp / "t", [int(x) for x in args.workers.split(",")])
         side = f"{args.throughput_side} px" if args.throughput_side else "full-size"
         print(f"throughput, openai: model against a local HTTP server sleeping 200 ms per call ({side} VisA images, 1-shot)")
         for r in rows:
-            print(f"  {r['workers']:3d} workers: {r['questions']:4d} q in {r['wall_s']:6.2f} s = {r['q_per_s']:7.2f} q/s "
-                  f"(ideal {r['ideal_q_per_s']:.0f}), {r['speedup']:.2f}x of 1 worker; "
-                  f"CPU per question: client {r['client_cpu_ms_per_q']:.1f} ms, server {r['server_cpu_ms_per_q']:.1f} ms")
+            print(
+                f"  {r['workers']:3d} workers: {r['questions']:4d} q in {r['wall_s']:6.2f} s = {r['q_per_s']:7.2f} q/s "
+                f"(ideal {r['ideal_q_per_s']:.0f}), {r['speedup']:.2f}x of 1 worker; "
+                f"CPU per question: client {r['client_cpu_ms_per_q']:.1f} ms, server {r['server_cpu_ms_per_q']:.1f} ms"
+            )
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
 

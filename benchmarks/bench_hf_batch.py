@@ -10,6 +10,7 @@ batch size 1 (greedy).
 
 Run: OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_hf_batch.py [--family qwen2_vl] [--questions 64]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -67,14 +68,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = build_tiny(args.family, Path(tmp) / args.family)
         items = prompts(args.questions)
-        print(f"hf: tiny {args.family}, {args.questions} questions, {args.max_new_tokens} new tokens each, "
-              f"CPU, torch threads {torch.get_num_threads()}")
+        print(f"hf: tiny {args.family}, {args.questions} questions, {args.max_new_tokens} new tokens each, CPU, torch threads {torch.get_num_threads()}")
         qps, answers = {}, {}
         for b in (1, 4, 16):
             qps[b], answers[b] = measure(folder, b, items, args.max_new_tokens)
     same = all(answers[b] == answers[1] for b in answers)
-    print(f"speed-up over batch_size=1: x{qps[4] / qps[1]:.2f} at 4, x{qps[16] / qps[1]:.2f} at 16; "
-          f"answers identical to batch_size=1: {same}")
+    print(f"speed-up over batch_size=1: x{qps[4] / qps[1]:.2f} at 4, x{qps[16] / qps[1]:.2f} at 16; answers identical to batch_size=1: {same}")
     if args.json:
         Path(args.json).write_text(json.dumps({"family": args.family, "questions_per_s": qps, "identical": same}, indent=2))
     if not same:

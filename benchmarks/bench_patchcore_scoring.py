@@ -14,6 +14,7 @@ the calibration rule, would catch). Coresets are cached in --cache: anomalib's t
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_patchcore_scoring.py [--categories fryum capsules]
         [--size 384] [--seeds 3] [--coresets ours anomalib] [--cache DIR]
 """
+
 from __future__ import annotations
 
 import argparse

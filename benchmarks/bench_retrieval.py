@@ -17,6 +17,7 @@
 
 Run: .venv/bin/python benchmarks/bench_retrieval.py [--sizes 1000,100000,1000000] [--json out.json]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -117,7 +118,15 @@ def _ivf(x, queries, exact, n, dim, rng):
         r = recall(ids, exact)
         if r >= TARGET_RECALL or nprobe * 2 > nlist or nprobe == 128:
             break
-    yield {"n": n, "dim": dim, "index": "IVF (IndexIVFFlat)", "build_s": build, "ms_per_query": ms, "recall_at_1": r, "param": f"nlist={nlist}, nprobe={nprobe}"}
+    yield {
+        "n": n,
+        "dim": dim,
+        "index": "IVF (IndexIVFFlat)",
+        "build_s": build,
+        "ms_per_query": ms,
+        "recall_at_1": r,
+        "param": f"nlist={nlist}, nprobe={nprobe}",
+    }
 
 
 def _hnsw(x, queries, exact, n, dim):
@@ -134,7 +143,15 @@ def _hnsw(x, queries, exact, n, dim):
         r = recall(ids, exact)
         if r >= TARGET_RECALL:
             break
-    yield {"n": n, "dim": dim, "index": "HNSW (IndexHNSWFlat)", "build_s": build, "ms_per_query": ms, "recall_at_1": r, "param": f"M=16, efConstruction=40, efSearch={ef}"}
+    yield {
+        "n": n,
+        "dim": dim,
+        "index": "HNSW (IndexHNSWFlat)",
+        "build_s": build,
+        "ms_per_query": ms,
+        "recall_at_1": r,
+        "param": f"M=16, efConstruction=40, efSearch={ef}",
+    }
 
 
 def real_retriever(n_images: int = 8) -> dict:
@@ -153,12 +170,19 @@ def real_retriever(n_images: int = 8) -> dict:
     setup = time.perf_counter() - t0
     out = {"setup_s": setup, "images": len(images)}
     img = [retriever.retrieve(mode="image", image=Image.open(p).convert("RGB")) for p in images]
-    out["image"] = {"encode_ms": float(np.mean([r.encode_ms for r in img])), "search_ms": float(np.mean([r.search_ms for r in img])),
-                    "store_rows": len(retriever._ensure_image_store()), "correct": sum(r.category == p.parts[-5] for r, p in zip(img, images))}
+    out["image"] = {
+        "encode_ms": float(np.mean([r.encode_ms for r in img])),
+        "search_ms": float(np.mean([r.search_ms for r in img])),
+        "store_rows": len(retriever._ensure_image_store()),
+        "correct": sum(r.category == p.parts[-5] for r, p in zip(img, images)),
+    }
     qs = ["What type of defect is on the capsule?", "Where is the broken part of the fryum?", "Is the product missing a piece?", "What colour is the stain?"]
     txt = [retriever.retrieve(mode="text", question=q) for q in qs]
-    out["text"] = {"encode_ms": float(np.mean([r.encode_ms for r in txt])), "search_ms": float(np.mean([r.search_ms for r in txt])),
-                   "store_rows": len(retriever._ensure_text_store())}
+    out["text"] = {
+        "encode_ms": float(np.mean([r.encode_ms for r in txt])),
+        "search_ms": float(np.mean([r.search_ms for r in txt])),
+        "store_rows": len(retriever._ensure_text_store()),
+    }
     return out
 
 
@@ -190,13 +214,19 @@ def run_queries(retriever, queries, ood) -> dict:
         rows.append((r.category == truth, r.category is None, (r.guess or "").split("/")[-1] == truth, r))
     ood_rows = [retriever.retrieve(mode="image", image=im) for im in ood]
     res = [x[3] for x in rows]
-    return {"queries": len(rows), "top1": float(np.mean([x[0] for x in rows])), "unknown": float(np.mean([x[1] for x in rows])),
-            "top1_guess": float(np.mean([x[2] for x in rows])),
-            "accuracy_answered": float(np.mean([x[0] for x in rows if not x[1]])) if any(not x[1] for x in rows) else None,
-            "ood_unknown": float(np.mean([r.category is None for r in ood_rows])),
-            "encode_ms": float(np.mean([r.encode_ms for r in res])), "search_ms": float(np.mean([r.search_ms for r in res])),
-            "patch_ms": float(np.mean([r.patch_ms for r in res])), "match_ms": float(np.mean([r.rerank_ms - r.patch_ms for r in res])),
-            "total_ms": float(np.mean(wall))}
+    return {
+        "queries": len(rows),
+        "top1": float(np.mean([x[0] for x in rows])),
+        "unknown": float(np.mean([x[1] for x in rows])),
+        "top1_guess": float(np.mean([x[2] for x in rows])),
+        "accuracy_answered": float(np.mean([x[0] for x in rows if not x[1]])) if any(not x[1] for x in rows) else None,
+        "ood_unknown": float(np.mean([r.category is None for r in ood_rows])),
+        "encode_ms": float(np.mean([r.encode_ms for r in res])),
+        "search_ms": float(np.mean([r.search_ms for r in res])),
+        "patch_ms": float(np.mean([r.patch_ms for r in res])),
+        "match_ms": float(np.mean([r.rerank_ms - r.patch_ms for r in res])),
+        "total_ms": float(np.mean(wall)),
+    }
 
 
 def lookalike(work: Path, n_layouts: int, n_train: int, n_test: int, refs: int) -> dict:
@@ -211,12 +241,24 @@ def lookalike(work: Path, n_layouts: int, n_train: int, n_test: int, refs: int) 
     t0 = time.perf_counter()
     reranked = KnowledgeRetriever.build(load_knowledge(root / "knowledge"), root, refs_per_category=refs, rerank=True)
     build_s = time.perf_counter() - t0
-    global_only = KnowledgeRetriever(reranked.knowledge, image_encoder=reranked.image_encoder, image_store=reranked.image_store,
-                                     k=reranked.k, threshold=reranked.threshold, source="global-only")
+    global_only = KnowledgeRetriever(
+        reranked.knowledge,
+        image_encoder=reranked.image_encoder,
+        image_store=reranked.image_store,
+        k=reranked.k,
+        threshold=reranked.threshold,
+        source="global-only",
+    )
     queries, ood = _query_images(root), _ood_images()
-    out = {"layouts": n_layouts, "references": len(reranked.image_store), "build_s": build_s, "calibration": reranked.calibration,
-           "rerank": reranked.reranker.config(), "global": run_queries(global_only, queries, ood),
-           "reranked": run_queries(reranked, queries, ood)}
+    out = {
+        "layouts": n_layouts,
+        "references": len(reranked.image_store),
+        "build_s": build_s,
+        "calibration": reranked.calibration,
+        "rerank": reranked.reranker.config(),
+        "global": run_queries(global_only, queries, ood),
+        "reranked": run_queries(reranked, queries, ood),
+    }
     # the same retriever calibrated to accept 5 % leave-one-out mistakes (kb build --max-risk 0.05): a user's choice of risk
     from mmad_boost.retrieval.calibration import calibrate
 
@@ -282,23 +324,33 @@ def choose_settings(work: Path, n_train: int) -> list[dict]:
         cal = calibrate(r)
         patches[size] = r.ref_patches
         rows.append({"size": size, "radius": radius, "shortlist": shortlist, **cal})
-        print(f"  size {size:3d}  radius {str(radius):>4s}  shortlist {shortlist}:  leave-one-out top-1 {100 * cal['top1']:.1f} %"
-              f" (global {100 * cal['top1_global']:.1f} %), margin threshold {cal['margin_threshold']:.3f}, unknown {100 * cal['unknown_rate']:.1f} %", flush=True)
+        print(
+            f"  size {size:3d}  radius {str(radius):>4s}  shortlist {shortlist}:  leave-one-out top-1 {100 * cal['top1']:.1f} %"
+            f" (global {100 * cal['top1_global']:.1f} %), margin threshold {cal['margin_threshold']:.3f}, unknown {100 * cal['unknown_rate']:.1f} %",
+            flush=True,
+        )
     return rows
 
 
 def _print_lookalike(res: dict) -> None:
     cal = res["calibration"]
-    print(f"look-alike boards, {res['layouts']} layouts, {res['references']} references (k-center), build {res['build_s']:.1f} s; "
-          f"re-ranker {res['rerank']}; leave-one-out: top-1 {100 * cal['top1']:.1f} % re-ranked, {100 * cal['top1_global']:.1f} % global, "
-          f"margin threshold {cal['margin_threshold']:.3f}")
+    print(
+        f"look-alike boards, {res['layouts']} layouts, {res['references']} references (k-center), build {res['build_s']:.1f} s; "
+        f"re-ranker {res['rerank']}; leave-one-out: top-1 {100 * cal['top1']:.1f} % re-ranked, {100 * cal['top1_global']:.1f} % global, "
+        f"margin threshold {cal['margin_threshold']:.3f}"
+    )
     print(f"  margin threshold at --max-risk 0.05: {res['calibration_risk_0.05']['margin_threshold']:.3f}")
-    print(f"  {'stage':<24} {'top-1':>7} {'unknown':>8} {'answered acc.':>14} {'guess top-1':>12} {'OOD unknown':>12}   ms: encode  search  patches  match  total")
+    print(
+        f"  {'stage':<24} {'top-1':>7} {'unknown':>8} {'answered acc.':>14} {'guess top-1':>12} {'OOD unknown':>12}   ms: encode  search  patches  match  total"
+    )
     for name in ("global", "reranked", "reranked, max-risk 0.05"):
         m = res[name]
         acc = "-" if m["accuracy_answered"] is None else f"{100 * m['accuracy_answered']:.1f} %"
-        print(f"  {name:<24} {100 * m['top1']:6.1f} % {100 * m['unknown']:6.1f} % {acc:>14} {100 * m['top1_guess']:10.1f} % {100 * m['ood_unknown']:10.1f} %"
-              f"   {m['encode_ms']:10.1f} {m['search_ms']:7.2f} {m['patch_ms']:8.1f} {m['match_ms']:6.1f} {m['total_ms']:6.1f}", flush=True)
+        print(
+            f"  {name:<24} {100 * m['top1']:6.1f} % {100 * m['unknown']:6.1f} % {acc:>14} {100 * m['top1_guess']:10.1f} % {100 * m['ood_unknown']:10.1f} %"
+            f"   {m['encode_ms']:10.1f} {m['search_ms']:7.2f} {m['patch_ms']:8.1f} {m['match_ms']:6.1f} {m['total_ms']:6.1f}",
+            flush=True,
+        )
 
 
 def main() -> None:
@@ -328,7 +380,9 @@ def main() -> None:
     runs = [(args.dim, int(n)) for n in args.sizes.split(",") if n]
     runs += [tuple(int(v) for v in e.split(":")) for e in args.extra.split(",") if e]
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
-    print(f"FAISS {faiss.__version__}, {args.threads} threads to build, 1 to search; single-query latency; recall@1 vs exact; target < {TARGET_MS} ms at 1M with recall@1 >= {TARGET_RECALL}")
+    print(
+        f"FAISS {faiss.__version__}, {args.threads} threads to build, 1 to search; single-query latency; recall@1 vs exact; target < {TARGET_MS} ms at 1M with recall@1 >= {TARGET_RECALL}"
+    )
     print(f"clustered synthetic vectors: 100 views per product, view noise {args.spread} x the product direction")
     print(f"{'n':>9} {'dim':>5}  {'index':<22} {'ms/query':>9} {'recall@1':>9} {'build s':>8}  parameters")
     rows = []
@@ -336,28 +390,37 @@ def main() -> None:
         kinds = [k for k in args.indexes.split(",") if k != "hnsw" or n <= args.hnsw_max]
         for r in bench_size(n, dim, args.queries, kinds=kinds, spread=args.spread):
             rows.append(r)
-            print(f"{r['n']:>9} {r['dim']:>5}  {r['index']:<22} {r['ms_per_query']:>9.3f} {r['recall_at_1']:>9.3f} {r['build_s']:>8.1f}  {r['param']}", flush=True)
+            print(
+                f"{r['n']:>9} {r['dim']:>5}  {r['index']:<22} {r['ms_per_query']:>9.3f} {r['recall_at_1']:>9.3f} {r['build_s']:>8.1f}  {r['param']}", flush=True
+            )
     out = {"faiss": rows}
     if not args.no_real:
         real = real_retriever()
         out["retriever"] = real
         for mode in ("image", "text"):
             m = real[mode]
-            print(f"real retriever, {mode} mode ({m['store_rows']} rows): encode {m['encode_ms']:.1f} ms + search {m['search_ms']:.3f} ms per query"
-                  + (f"; {m['correct']}/{real['images']} VisA images got their category" if mode == "image" else ""))
+            print(
+                f"real retriever, {mode} mode ({m['store_rows']} rows): encode {m['encode_ms']:.1f} ms + search {m['search_ms']:.3f} ms per query"
+                + (f"; {m['correct']}/{real['images']} VisA images got their category" if mode == "image" else "")
+            )
     if args.sample_check:
         out["sample_check"] = sample_check()
         for name, m in out["sample_check"].items():
-            print(f"bundled VisA sample, {name}: top-1 {100 * m['top1']:.1f} %, unknown {100 * m['unknown']:.1f} % of {m['queries']} test images, "
-                  f"OOD unknown {100 * m['ood_unknown']:.0f} %; ms encode {m['encode_ms']:.1f} search {m['search_ms']:.2f} "
-                  f"patches {m['patch_ms']:.1f} match {m['match_ms']:.1f} total {m['total_ms']:.1f}", flush=True)
+            print(
+                f"bundled VisA sample, {name}: top-1 {100 * m['top1']:.1f} %, unknown {100 * m['unknown']:.1f} % of {m['queries']} test images, "
+                f"OOD unknown {100 * m['ood_unknown']:.0f} %; ms encode {m['encode_ms']:.1f} search {m['search_ms']:.2f} "
+                f"patches {m['patch_ms']:.1f} match {m['match_ms']:.1f} total {m['total_ms']:.1f}",
+                flush=True,
+            )
     if args.choose or args.lookalike:
         import tempfile
 
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         with tempfile.TemporaryDirectory(prefix="lookalike-") as work:
             if args.choose:
-                print("leave-one-out over 10 training boards of each of the 8 main layouts (80; none is a reference or query board below), per re-ranker setting:")
+                print(
+                    "leave-one-out over 10 training boards of each of the 8 main layouts (80; none is a reference or query board below), per re-ranker setting:"
+                )
                 out["choose"] = choose_settings(Path(work), 10)
             out["lookalike"] = []
             for n in [int(x) for x in args.lookalike.split(",") if x]:

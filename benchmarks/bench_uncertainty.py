@@ -9,6 +9,7 @@ Also checks that the anchor's interval and ours agree (same estimator, different
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_uncertainty.py [--images-per-dataset 2092] [--anchor-replicates 10]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,8 +41,7 @@ def records(n_per_dataset: int, seed: int = 0) -> list[dict]:
             a = rng.beta(4, 3)
             qs = ["Anomaly Detection", "Object Classification", "Object Structure"] + ([] if normal else list(TYPES))
             for j, t in enumerate(qs):
-                out.append({"qid": f"{key}#{j}", "image": key, "question_type": t, "correct_answer": "A",
-                            "gpt_answer": "A" if rng.random() < a else "B"})
+                out.append({"qid": f"{key}#{j}", "image": key, "question_type": t, "correct_answer": "A", "gpt_answer": "A" if rng.random() < a else "B"})
     return out
 
 
@@ -87,8 +87,10 @@ def main() -> None:
     print(f"anchor loop (score_records per replicate), scaled to 1000 from {args.anchor_replicates}: {t_anchor:7.1f} s")
     print(f"speed-up: {t_anchor / t_ours:.0f}x")
     lo, hi = iv.get("Average", "Average")
-    print(f"Average {iv.point['Average']['Average']:.2f}, ours [{lo:.2f}, {hi:.2f}]; anchor replicates range "
-          f"[{min(vals):.2f}, {max(vals):.2f}] (sd ours {(hi - lo) / 3.92:.3f}, anchor {np.std(vals, ddof=1):.3f})")
+    print(
+        f"Average {iv.point['Average']['Average']:.2f}, ours [{lo:.2f}, {hi:.2f}]; anchor replicates range "
+        f"[{min(vals):.2f}, {max(vals):.2f}] (sd ours {(hi - lo) / 3.92:.3f}, anchor {np.std(vals, ddof=1):.3f})"
+    )
 
 
 if __name__ == "__main__":

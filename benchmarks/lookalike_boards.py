@@ -16,6 +16,7 @@ sample's train images, query boards from its test images (normal and anomalous),
 in both. A data root in MMAD layout is written: Boards/<layout>/train/good, Boards/<layout>/test/good,
 mmad.json (one question per query board) and knowledge/<layout>.toml.
 """
+
 from __future__ import annotations
 
 import csv
@@ -26,8 +27,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-PARTS = {"F": ("fryum", 1.0, (0.5, 0.5)), "f": ("fryum", 0.4, (0.5, 0.5)), "C": ("capsules", 1.0, (0.5, 0.5)),
-         "c": ("capsules", 0.4, (0.5, 0.5)), "G": ("fryum", 0.3, (0.16, 0.2))}
+PARTS = {
+    "F": ("fryum", 1.0, (0.5, 0.5)),
+    "f": ("fryum", 0.4, (0.5, 0.5)),
+    "C": ("capsules", 1.0, (0.5, 0.5)),
+    "c": ("capsules", 0.4, (0.5, 0.5)),
+    "G": ("fryum", 0.3, (0.16, 0.2)),
+}
 MAIN_LAYOUTS = ("FCcf", "CFfc", "fcCF", "cfFC", "FfCc", "fFcC", "CcFf", "cCfF")  # 8 arrangements of F, f, C, c
 TILE = 96
 
@@ -83,12 +89,26 @@ def write_boards(root: Path, sample: Path, layouts, n_train: int = 20, n_test: i
                 board(layout, photos, split, rng).save(d / f"{i:03d}.png")
                 if split == "test":
                     key = f"Boards/{cat}/{folder}/{i:03d}.png"
-                    questions[key] = {"image_path": key, "mask_path": "", "base_folder": cat, "similar_templates": [], "random_templates": [],
-                                      "conversation": [{"Question": "Is there any defect in the object?", "Options": {"A": "Yes", "B": "No"},
-                                                        "Answer": "B", "type": "Anomaly Detection", "annotation": True}]}
+                    questions[key] = {
+                        "image_path": key,
+                        "mask_path": "",
+                        "base_folder": cat,
+                        "similar_templates": [],
+                        "random_templates": [],
+                        "conversation": [
+                            {
+                                "Question": "Is there any defect in the object?",
+                                "Options": {"A": "Yes", "B": "No"},
+                                "Answer": "B",
+                                "type": "Anomaly Detection",
+                                "annotation": True,
+                            }
+                        ],
+                    }
         names = {"F": "a whole fryum", "f": "a fryum close-up", "C": "a tray of capsules", "c": "a capsule close-up", "G": "a patch of mat"}
         parts = ", ".join(f"{where}: {names[p]}" for where, p in zip(("top left", "top right", "bottom left", "bottom right"), layout))
         (root / "knowledge" / f"{cat}.toml").write_text(
-            f'dataset = "Boards"\ncategory = "{cat}"\nnormal = "A board of four tiles ({parts})."\n', encoding="utf-8")
+            f'dataset = "Boards"\ncategory = "{cat}"\nnormal = "A board of four tiles ({parts})."\n', encoding="utf-8"
+        )
     (root / "mmad.json").write_text(json.dumps(questions), encoding="utf-8")
     return root

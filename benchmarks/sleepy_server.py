@@ -3,6 +3,7 @@
 Run: python benchmarks/sleepy_server.py --delay 0.2  (prints the port on stdout, serves until killed).
 The answer is a letter drawn from the request's text, so parsing is exercised.
 """
+
 from __future__ import annotations
 
 import argparse

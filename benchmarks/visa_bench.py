@@ -5,6 +5,7 @@ Images are linked (not copied) under MMAD's key layout; `copies` repeats each te
 new names to get a larger run. Questions per image follow MMAD's mix: 4 for normal images
 (anomaly detection + 3 object questions), 5 for defective ones, about 4.75 on average (MMAD: 4.7).
 """
+
 from __future__ import annotations
 
 import csv
@@ -12,7 +13,6 @@ import json
 import os
 import random
 from pathlib import Path
-
 
 
 def _q(text, options, answer, qtype):

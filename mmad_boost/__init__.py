@@ -1,4 +1,5 @@
 """mmad-boost: make multimodal LLMs better industrial inspectors, and measure by how much on MMAD."""
+
 from __future__ import annotations
 
 from .errors import MmadError, ModelError
@@ -7,8 +8,19 @@ from .protocol.prompt import MMAD_INSTRUCTION, Prompt, Query, SampleInfo, build_
 
 __version__ = "0.1.0"
 __all__ = [
-    "BoostedModel", "MLLM", "FunctionModel", "MmadError", "ModelError", "MMAD_INSTRUCTION", "Prompt", "Query",
-    "SampleInfo", "as_model", "build_prompt", "create_model", "register_model_kind",
+    "BoostedModel",
+    "MLLM",
+    "FunctionModel",
+    "MmadError",
+    "ModelError",
+    "MMAD_INSTRUCTION",
+    "Prompt",
+    "Query",
+    "SampleInfo",
+    "as_model",
+    "build_prompt",
+    "create_model",
+    "register_model_kind",
 ]
 
 

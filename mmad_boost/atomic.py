@@ -5,6 +5,7 @@ share one), is flushed and fsynced, then renamed over the target. On any failure
 read-only folder) the temporary file is removed and the caller gets one `MmadError` line naming the
 file; the old file, if any, is left as it was.
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -1,4 +1,5 @@
 """`mmad-boost` command line. Subcommands of other modules register through `register_cli(sub)`."""
+
 from __future__ import annotations
 
 import argparse
@@ -73,9 +74,18 @@ def _add_eval(sub) -> None:
     p.add_argument("--questions", help="question file (default DATA/mmad.json)")
     add_model_arguments(p, "model SPEC, e.g. baseline:random, openai:gpt-4o, hf:/path, python:mod:attr")
     p.add_argument("--setting", default="1-shot", help=f"images shown before the query: {SETTING_HELP} (default 1-shot)")
-    p.add_argument("--workers", type=int, default=1, help="threads asking the model at once, for I/O-bound models and batched hf: models (give at least its batch_size) (default 1)")
-    p.add_argument("--limit", type=int, help="ask only the first N selected questions in a stratified image order (each image's questions "
-                   "together; normal and defective images of each dataset and category in turn); prints what it took (default: all)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="threads asking the model at once, for I/O-bound models and batched hf: models (give at least its batch_size) (default 1)",
+    )
+    p.add_argument(
+        "--limit",
+        type=int,
+        help="ask only the first N selected questions in a stratified image order (each image's questions "
+        "together; normal and defective images of each dataset and category in turn); prints what it took (default: all)",
+    )
     p.add_argument("--subset", type=int, help="ask a random subset of N questions, seeded by --seed (default: all)")
     p.add_argument("--seed", type=int, default=0, help="seed for option shuffling and subsets (default 0)")
     p.add_argument("--dataset", action="append", help="only this dataset (repeatable; default: all)")
@@ -89,33 +99,77 @@ def _add_eval(sub) -> None:
     p.add_argument("--force-mix", action="store_true", help="add answers to a run folder written by another configuration (default: refuse)")
     p.add_argument("--allow-outside-paths", action="store_true", help="let question-file paths leave the data root (default: refuse)")
     p.add_argument("--durable", action="store_true", help="fsync each record (survives power loss, slower; default off)")
-    p.add_argument("--repair", action="store_true", help="move damaged lines of the run's records file into records*.jsonl.rejected "
-                   "and go on (default off: a damaged line stops with an error naming it)")
+    p.add_argument(
+        "--repair",
+        action="store_true",
+        help="move damaged lines of the run's records file into records*.jsonl.rejected and go on (default off: a damaged line stops with an error naming it)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars or stage messages, also none from libraries (default: shown)")
     # boosts (BoostedModel)
     p.add_argument("--rag", action="store_true", help="put domain knowledge into the prompt (default off)")
-    p.add_argument("--kb", help="knowledge base: a folder from `mmad-boost kb build`, or a knowledge folder or .toml file; implies --rag (default: the shipped one)")
+    p.add_argument(
+        "--kb", help="knowledge base: a folder from `mmad-boost kb build`, or a knowledge folder or .toml file; implies --rag (default: the shipped one)"
+    )
     add_deprecated_alias(p, "--knowledge", "--kb", "kb")
     p.add_argument("--mmad-knowledge", help="MMAD's domain_knowledge.json to use as the knowledge base; implies --rag (default: none)")
-    p.add_argument("--retrieval", choices=["oracle", "image"], default=None,
-                   help="how the image's category is found: oracle (from the question file) or image (the query image searches the KB); "
-                   "default auto, recorded as 'auto' in run.json: oracle whenever the category is known, as in every benchmark run")
+    p.add_argument(
+        "--retrieval",
+        choices=["oracle", "image"],
+        default=None,
+        help="how the image's category is found: oracle (from the question file) or image (the query image searches the KB); "
+        "default auto, recorded as 'auto' in run.json: oracle whenever the category is known, as in every benchmark run",
+    )
     p.add_argument("--expert", help="expert agent: patchcore, patchcore-fewshot, gt, anomalyclip, anomalib:<Model>, or a fitted expert FOLDER (default: none)")
-    p.add_argument("--viz", default=None, choices=VIZ_CHOICES, help="how the expert's map is drawn: bbox, contour, highlight, mask or heatmap (default bbox; needs --expert)")
-    p.add_argument("--calibrated", action="store_true", help="calibrated expert: draw only what it believes, nothing on images judged normal (default: faithful, as MMAD; needs --expert)")
-    p.add_argument("--false-marks", type=float, default=None, metavar="RATE",
-                   help="target share of normal images the calibrated expert marks, a fraction in (0, 1) (default 0.1, or the rate a FOLDER was fitted at; needs --calibrated)")
-    p.add_argument("--evidence", choices=["picture", "text", "both"], default=None,
-                   help="how the calibrated expert's verdict reaches the prompt: picture, text (score vs threshold, marked regions as "
-                        "nine-grid positions and area) or both (default picture; needs --calibrated)")
-    p.add_argument("--route", metavar="FILE", help="route file (TOML, e.g. from `mmad-boost tune`): per question type, which of the boosts "
-                   "given (--rag, --expert) apply; types it does not list get every boost (default: no route, every boost on every question)")
-    p.add_argument("--circular", action="store_true", help="CircularEval: also ask each question once per rotation of its options; right "
-                   "only if every rotation is right; reported beside MMAD's accuracy, never mixed in (default off; n options cost n calls)")
-    p.add_argument("--judge", metavar="SPEC", help="model SPEC (e.g. openai:gpt-4o-mini) that maps a response the parser cannot read to an option "
-                   "letter; kept in the record, reported as accuracy with judge beside MMAD's rule (default: none)")
-    p.add_argument("--judge-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="option for the judge's model factory, e.g. base_url=http://127.0.0.1:8000/v1 (repeatable; default: none)")
+    p.add_argument(
+        "--viz",
+        default=None,
+        choices=VIZ_CHOICES,
+        help="how the expert's map is drawn: bbox, contour, highlight, mask or heatmap (default bbox; needs --expert)",
+    )
+    p.add_argument(
+        "--calibrated",
+        action="store_true",
+        help="calibrated expert: draw only what it believes, nothing on images judged normal (default: faithful, as MMAD; needs --expert)",
+    )
+    p.add_argument(
+        "--false-marks",
+        type=float,
+        default=None,
+        metavar="RATE",
+        help="target share of normal images the calibrated expert marks, a fraction in (0, 1) (default 0.1, or the rate a FOLDER was fitted at; needs --calibrated)",
+    )
+    p.add_argument(
+        "--evidence",
+        choices=["picture", "text", "both"],
+        default=None,
+        help="how the calibrated expert's verdict reaches the prompt: picture, text (score vs threshold, marked regions as "
+        "nine-grid positions and area) or both (default picture; needs --calibrated)",
+    )
+    p.add_argument(
+        "--route",
+        metavar="FILE",
+        help="route file (TOML, e.g. from `mmad-boost tune`): per question type, which of the boosts "
+        "given (--rag, --expert) apply; types it does not list get every boost (default: no route, every boost on every question)",
+    )
+    p.add_argument(
+        "--circular",
+        action="store_true",
+        help="CircularEval: also ask each question once per rotation of its options; right "
+        "only if every rotation is right; reported beside MMAD's accuracy, never mixed in (default off; n options cost n calls)",
+    )
+    p.add_argument(
+        "--judge",
+        metavar="SPEC",
+        help="model SPEC (e.g. openai:gpt-4o-mini) that maps a response the parser cannot read to an option "
+        "letter; kept in the record, reported as accuracy with judge beside MMAD's rule (default: none)",
+    )
+    p.add_argument(
+        "--judge-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="option for the judge's model factory, e.g. base_url=http://127.0.0.1:8000/v1 (repeatable; default: none)",
+    )
     p.add_argument("--out", required=True, help="run folder (resumed when it exists)")
     p.set_defaults(func=cmd_eval)
 
@@ -164,10 +218,17 @@ def boosted_from_args(base, args):
     check_boost_flags(args)
     kb, mmad_knowledge = getattr(args, "kb", None), getattr(args, "mmad_knowledge", None)
     return BoostedModel(
-        base, rag=bool(getattr(args, "rag", False) or kb or mmad_knowledge), retrieval=getattr(args, "retrieval", None),
-        expert=getattr(args, "expert", None), viz=getattr(args, "viz", None) or "bbox", calibrated=bool(getattr(args, "calibrated", False)),
-        false_marks=getattr(args, "false_marks", None), evidence=getattr(args, "evidence", None) or "picture",
-        kb=kb, mmad_knowledge=mmad_knowledge, route=getattr(args, "route", None),
+        base,
+        rag=bool(getattr(args, "rag", False) or kb or mmad_knowledge),
+        retrieval=getattr(args, "retrieval", None),
+        expert=getattr(args, "expert", None),
+        viz=getattr(args, "viz", None) or "bbox",
+        calibrated=bool(getattr(args, "calibrated", False)),
+        false_marks=getattr(args, "false_marks", None),
+        evidence=getattr(args, "evidence", None) or "picture",
+        kb=kb,
+        mmad_knowledge=mmad_knowledge,
+        route=getattr(args, "route", None),
     )
 
 
@@ -188,9 +249,19 @@ def cmd_eval(args) -> int:
     if args.backend == "ray" and args.judge:
         raise MmadError("--judge works with --backend local only (the judge model is not sent to Ray workers); run the judged eval locally")
     kwargs = dict(
-        setting=args.setting, seed=args.seed, parser=args.parser, workers=args.workers, shuffle=not args.no_shuffle,
-        shard=parse_shard(args.shard), progress=not args.no_progress, force_mix=args.force_mix, durable=args.durable, model_spec=args.model,
-        repair=args.repair, circular=args.circular, judge=judge_from_options(args.judge, args.judge_option),
+        setting=args.setting,
+        seed=args.seed,
+        parser=args.parser,
+        workers=args.workers,
+        shuffle=not args.no_shuffle,
+        shard=parse_shard(args.shard),
+        progress=not args.no_progress,
+        force_mix=args.force_mix,
+        durable=args.durable,
+        model_spec=args.model,
+        repair=args.repair,
+        circular=args.circular,
+        judge=judge_from_options(args.judge, args.judge_option),
     )
     if args.backend == "ray":
         from functools import partial
@@ -261,10 +332,17 @@ def cmd_score(args) -> int:
 def _add_score(sub) -> None:
     p = sub.add_parser("score", help="score run folders (shards merged) and write scores.csv, report.md, plots")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders (the --out of `mmad-boost eval`); shards in one folder are merged")
-    p.add_argument("--format", default="md", choices=["md", "csv", "json", "mmad-csv"],
-                   help="what is printed: md (default, a table per run), csv, json, or mmad-csv (MMAD's all_result CSV shape, for submitting)")
-    p.add_argument("--repair", action="store_true", help="move damaged lines of records*.jsonl into records*.jsonl.rejected before scoring "
-                   "(default off: a damaged line stops with an error naming it)")
+    p.add_argument(
+        "--format",
+        default="md",
+        choices=["md", "csv", "json", "mmad-csv"],
+        help="what is printed: md (default, a table per run), csv, json, or mmad-csv (MMAD's all_result CSV shape, for submitting)",
+    )
+    p.add_argument(
+        "--repair",
+        action="store_true",
+        help="move damaged lines of records*.jsonl into records*.jsonl.rejected before scoring (default off: a damaged line stops with an error naming it)",
+    )
     p.set_defaults(func=cmd_score)
 
 

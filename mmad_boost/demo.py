@@ -6,6 +6,7 @@ list of `DemoRun`s; add one with `DEMO_RUNS.append(DemoRun(name, factory))`, whe
 `factory(base_model, out_dir)` returns the model to evaluate (out_dir: the demo's output folder,
 for caches shared between runs).
 """
+
 from __future__ import annotations
 
 import sys
@@ -64,8 +65,7 @@ def build_sample_bench(out: Path, *, seed: int = 0):
 
 
 def run_demo(
-    out: str | Path = "demo_out", *, quick: bool = False, runs: list[DemoRun] | None = None,
-    base_spec: str | None = None, progress: bool = True, log=print,
+    out: str | Path = "demo_out", *, quick: bool = False, runs: list[DemoRun] | None = None, base_spec: str | None = None, progress: bool = True, log=print
 ) -> dict:
     """base_spec: the base model SPEC (default: baseline:features when available). Returns {"bench": Path, "runs": {name: run_dir}, "skipped": {name: reason}, "table": markdown}."""
     from .protocol.data import Benchmark
@@ -153,7 +153,9 @@ def register_cli(sub) -> None:
 
 
 def cmd_demo(args) -> int:
-    result = run_demo(args.out, quick=args.quick, progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr if m.startswith(("note", "skipped")) else sys.stdout))
+    result = run_demo(
+        args.out, quick=args.quick, progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr if m.startswith(("note", "skipped")) else sys.stdout)
+    )
     if result["skipped"]:  # a promised row is missing from the table: not a success
         missing = "; ".join(f"{name}: {reason}" for name, reason in result["skipped"].items())
         print(f"error: demo: {len(result['skipped'])} of its rows could not run ({missing}); the other rows are in {args.out}", file=sys.stderr)

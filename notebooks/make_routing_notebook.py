@@ -1,7 +1,8 @@
 """The cells of notebooks/04_routing.ipynb (written by make_notebooks.py, kept here to keep that file short).
 
-    .venv/bin/python notebooks/make_notebooks.py            # writes every notebook, this one included
+.venv/bin/python notebooks/make_notebooks.py            # writes every notebook, this one included
 """
+
 from __future__ import annotations
 
 import nbformat
@@ -35,17 +36,18 @@ CONFIG = (
     "# ==== configuration: the only cell to edit ====\n"
     "DATA = None             # None: the bundled VisA sample; or an MMAD data root\n"
     "QUESTIONS = None\n"
-    "MODEL = \"baseline:features\"\n"
+    'MODEL = "baseline:features"\n'
     "MODEL_OPTIONS = {}\n"
     "ALLOW_FALLBACK = False  # True: if MODEL cannot be built, answer by chance, labelled in every result\n"
     "DEV_FRACTION = 0.3      # share of each (category, normal/defective) group's images used for choosing\n"
     "SEEDS = [0, 1, 2, 3, 4] # split seeds; the first is shown in detail\n"
-    "RULES = [\"two-level\", \"beyond-noise\", \"not-harmful\"]  # the first is the default of `mmad-boost tune`\n"
-    "BOOSTS = dict(rag=True, expert=\"patchcore\", calibrated=True)  # the boosts to choose among (BoostedModel keywords)\n"
-    "OUT = \"runs/routing\""
+    'RULES = ["two-level", "beyond-noise", "not-harmful"]  # the first is the default of `mmad-boost tune`\n'
+    'BOOSTS = dict(rag=True, expert="patchcore", calibrated=True)  # the boosts to choose among (BoostedModel keywords)\n'
+    'OUT = "runs/routing"'
 )
 
-SETUP = '''\
+SETUP = (
+    """\
 import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded
 os.environ.setdefault("TQDM_DISABLE", "1")
@@ -61,7 +63,9 @@ from mmad_boost.protocol.data import Benchmark
 from mmad_boost.boosts.tune import report_markdown, tune
 from mmad_boost.reporting.uncertainty import format_interval
 
-''' + BUILD_MODEL + '''
+"""
+    + BUILD_MODEL
+    + """
 out_dir = Path(OUT)
 if DATA is None:
     from mmad_boost.demo import build_sample_bench
@@ -81,17 +85,18 @@ def say(*parts):
 def tuned(seed, rule):
     return tune(bench, base, out_dir / "work", boost_options=BOOSTS, boosts=boosts, dev_fraction=DEV_FRACTION, seed=seed,
                 rule=rule, progress=False, model_spec=MODEL, log=say)
-'''
+"""
+)
 
-FIRST = '''\
+FIRST = """\
 results = {(SEEDS[0], rule): tuned(SEEDS[0], rule) for rule in RULES}
 for rule in RULES:
     r = results[(SEEDS[0], rule)]
     warn = "" if FALLBACK is None else f"**FALLBACK: {FALLBACK}.**\\n\\n"
     display(Markdown(warn + f"### Split seed {SEEDS[0]}, rule `{rule}`\\n\\n" + report_markdown(r)))
-'''
+"""
 
-PLOT = '''\
+PLOT = """\
 rows = results[(SEEDS[0], RULES[0])]["report"]["rows"]
 names = ["none", "all-on"] + [f"tuned ({rule})" for rule in RULES]
 values = [rows["none"]["Average"], rows["all-on"]["Average"]] + [results[(SEEDS[0], rule)]["report"]["rows"]["tuned"]["Average"] for rule in RULES]
@@ -105,9 +110,9 @@ ax.set_ylabel("test Average, accuracy %")
 ax.set_title(f"held-out part, split seed {SEEDS[0]}: 95 % intervals over images" + (" (FALLBACK: chance answers)" if FALLBACK else ""))
 plt.tight_layout()
 plt.show()
-'''
+"""
 
-SEEDS_CELL = '''\
+SEEDS_CELL = """\
 for seed in SEEDS[1:]:
     for rule in RULES:
         results[(seed, rule)] = tuned(seed, rule)
@@ -124,7 +129,7 @@ for (seed, rule), r in sorted(results.items()):
 display(Markdown(("" if FALLBACK is None else f"**FALLBACK: {FALLBACK}.**\\n\\n") + "\\n".join(lines)))
 for rule in RULES:
     say(f"rule {rule}: the tuned routing scored at least as well as the better of all-on and none on {wins[rule]} of {len(SEEDS)} splits")
-'''
+"""
 
 CLOSING = (
     "**Reading the results.** Every number above comes from a test part that the choice never saw. With the "
@@ -141,17 +146,19 @@ CLOSING = (
 
 
 def routing_notebook() -> nbformat.NotebookNode:
-    nb = new_notebook(cells=[
-        new_markdown_cell(INTRO),
-        new_code_cell(CONFIG),
-        new_code_cell(SETUP),
-        new_markdown_cell("## Tune on dev, score on the untouched test part (first split seed, each rule)"),
-        new_code_cell(FIRST),
-        new_code_cell(PLOT),
-        new_markdown_cell("## One split is one draw: the same over several split seeds"),
-        new_code_cell(SEEDS_CELL),
-        new_markdown_cell(CLOSING),
-    ])
+    nb = new_notebook(
+        cells=[
+            new_markdown_cell(INTRO),
+            new_code_cell(CONFIG),
+            new_code_cell(SETUP),
+            new_markdown_cell("## Tune on dev, score on the untouched test part (first split seed, each rule)"),
+            new_code_cell(FIRST),
+            new_code_cell(PLOT),
+            new_markdown_cell("## One split is one draw: the same over several split seeds"),
+            new_code_cell(SEEDS_CELL),
+            new_markdown_cell(CLOSING),
+        ]
+    )
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nb.metadata["language_info"] = {"name": "python"}
     return nb

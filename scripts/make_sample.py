@@ -82,9 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.dst.exists():
         shutil.rmtree(args.dst)
     n = convert(args.src, args.dst)
-    (args.dst / "NOTICE").write_text(
-        NOTICE.format(n_images=n, long_side=LONG_SIDE, quality=JPEG_QUALITY), encoding="utf-8"
-    )
+    (args.dst / "NOTICE").write_text(NOTICE.format(n_images=n, long_side=LONG_SIDE, quality=JPEG_QUALITY), encoding="utf-8")
     size = sum(p.stat().st_size for p in args.dst.rglob("*") if p.is_file())
     print(f"{args.dst}: {n} images, {size / 1e6:.1f} MB")
 

@@ -10,5 +10,6 @@ if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
 fi
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 MPLBACKEND=Agg
 cd "$root"
-"$root/.venv/bin/ruff" check --quiet "$root"  # lint first: configured in pyproject.toml
+"$root/.venv/bin/ruff" check --quiet "$root"  # lint and format first: configured in pyproject.toml
+"$root/.venv/bin/ruff" format --check --quiet "$root" || { echo "[mmad-boost] run: .venv/bin/ruff format ." >&2; exit 1; }
 exec "$root/.venv/bin/python" -m pytest "$@"

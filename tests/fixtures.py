@@ -1,4 +1,5 @@
 """A small generated MMAD-format benchmark: synthetic objects, some with drawn defects and masks."""
+
 from __future__ import annotations
 
 import json
@@ -52,12 +53,40 @@ def make_fixture(root: Path, n_good: int = 3, n_bad: int = 3, dataset: str = "MV
             (root / key).parent.mkdir(parents=True, exist_ok=True)
             im.save(root / key)
             conv = [
-                {"Question": "Is there any defect in the object?", "Options": {"A": "Yes", "B": "No"}, "Answer": "A" if bad else "B", "type": "Anomaly Detection", "annotation": True},
-                {"Question": "What kind of product is in the image?", "Options": {"A": cats[ci], "B": cats[1 - ci], "C": "bottle", "D": "screw"}, "Answer": "A", "type": "Object Classification", "annotation": True},
+                {
+                    "Question": "Is there any defect in the object?",
+                    "Options": {"A": "Yes", "B": "No"},
+                    "Answer": "A" if bad else "B",
+                    "type": "Anomaly Detection",
+                    "annotation": True,
+                },
+                {
+                    "Question": "What kind of product is in the image?",
+                    "Options": {"A": cats[ci], "B": cats[1 - ci], "C": "bottle", "D": "screw"},
+                    "Answer": "A",
+                    "type": "Object Classification",
+                    "annotation": True,
+                },
             ]
             if bad:
-                conv.append({"Question": "What type of defect is on the object?", "Options": {"A": "scratch", "B": "hole", "C": "stain", "D": "crack"}, "Answer": "A" if label == "scratch" else "B", "type": "Defect Classification", "annotation": True})
-                conv.append({"Question": "Where is the defect?", "Options": {"A": "top left", "B": "center", "C": "bottom", "D": "right"}, "Answer": "B", "type": "Defect Localization", "annotation": True})
+                conv.append(
+                    {
+                        "Question": "What type of defect is on the object?",
+                        "Options": {"A": "scratch", "B": "hole", "C": "stain", "D": "crack"},
+                        "Answer": "A" if label == "scratch" else "B",
+                        "type": "Defect Classification",
+                        "annotation": True,
+                    }
+                )
+                conv.append(
+                    {
+                        "Question": "Where is the defect?",
+                        "Options": {"A": "top left", "B": "center", "C": "bottom", "D": "right"},
+                        "Answer": "B",
+                        "type": "Defect Localization",
+                        "annotation": True,
+                    }
+                )
             data[key] = {
                 "image_path": key,
                 "mask_path": mask_rel,

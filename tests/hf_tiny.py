@@ -9,6 +9,7 @@ and benchmarks/bench_hf_batch.py.
 Token id 0 is "A": with `answer_a` the LM head is zeroed, so greedy decoding always picks "A"
 through the whole real code path.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -68,9 +69,18 @@ def byte_tokenizer(special: list[str], *, eos: str, pad: str, named: dict[str, s
 def _text(vocab: dict, eos: str, pad: str, **extra) -> dict:
     """A 2-layer decoder config (hidden 32) shared by the families' language models."""
     return dict(
-        vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=4096, bos_token_id=None, eos_token_id=vocab[eos],
-        pad_token_id=vocab[pad], tie_word_embeddings=False, **extra,
+        vocab_size=len(vocab),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        bos_token_id=None,
+        eos_token_id=vocab[eos],
+        pad_token_id=vocab[pad],
+        tie_word_embeddings=False,
+        **extra,
     )
 
 
@@ -84,7 +94,9 @@ def qwen2_vl(T, *, v25: bool = False):
     proc_cls = T.Qwen2_5_VLProcessor if v25 else T.Qwen2VLProcessor
     processor = proc_cls(
         image_processor=T.Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=112 * 112),
-        tokenizer=tokenizer, video_processor=T.Qwen2VLVideoProcessor(), chat_template=QWEN_TEMPLATE,
+        tokenizer=tokenizer,
+        video_processor=T.Qwen2VLVideoProcessor(),
+        chat_template=QWEN_TEMPLATE,
     )
     rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [1, 1, 2]}
     vision = dict(depth=1, hidden_size=32, num_heads=2, patch_size=14, spatial_merge_size=2, temporal_patch_size=2)
@@ -95,9 +107,13 @@ def qwen2_vl(T, *, v25: bool = False):
         vision.update(embed_dim=32, mlp_ratio=2)
         cfg_cls, model_cls = T.Qwen2VLConfig, T.Qwen2VLForConditionalGeneration
     config = cfg_cls(
-        text_config=_text(vocab, "<|im_end|>", "<|endoftext|>", rope_parameters=rope), vision_config=vision,
-        image_token_id=vocab["<|image_pad|>"], video_token_id=vocab["<|video_pad|>"],
-        vision_start_token_id=vocab["<|vision_start|>"], vision_end_token_id=vocab["<|vision_end|>"], tie_word_embeddings=False,
+        text_config=_text(vocab, "<|im_end|>", "<|endoftext|>", rope_parameters=rope),
+        vision_config=vision,
+        image_token_id=vocab["<|image_pad|>"],
+        video_token_id=vocab["<|video_pad|>"],
+        vision_start_token_id=vocab["<|vision_start|>"],
+        vision_end_token_id=vocab["<|vision_end|>"],
+        tie_word_embeddings=False,
     )
     return model_cls(config), processor, vocab, "<|im_end|>", "<|endoftext|>"
 
@@ -108,14 +124,22 @@ def llava_onevision(T):
     pinpoints = [[28, 28], [28, 56], [56, 28], [56, 56]]
     image_processor = T.LlavaOnevisionImageProcessor(size={"height": 28, "width": 28}, crop_size={"height": 28, "width": 28}, image_grid_pinpoints=pinpoints)
     processor = T.LlavaOnevisionProcessor(
-        image_processor=image_processor, tokenizer=tokenizer, video_processor=T.LlavaOnevisionVideoProcessor(),
-        num_image_tokens=4, vision_feature_select_strategy="full", chat_template=LLAVA_OV_TEMPLATE,
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        video_processor=T.LlavaOnevisionVideoProcessor(),
+        num_image_tokens=4,
+        vision_feature_select_strategy="full",
+        chat_template=LLAVA_OV_TEMPLATE,
     )
     config = T.LlavaOnevisionConfig(
         text_config=dict(_text(vocab, "<|im_end|>", "<|endoftext|>"), model_type="qwen2"),
         vision_config=dict(_siglip(28, 14), model_type="siglip_vision_model"),
-        image_token_index=vocab["<image>"], video_token_index=vocab["<video>"], image_grid_pinpoints=pinpoints,
-        vision_feature_select_strategy="full", vision_feature_layer=-1, tie_word_embeddings=False,
+        image_token_index=vocab["<image>"],
+        video_token_index=vocab["<video>"],
+        image_grid_pinpoints=pinpoints,
+        vision_feature_select_strategy="full",
+        vision_feature_layer=-1,
+        tie_word_embeddings=False,
     )
     return T.LlavaOnevisionForConditionalGeneration(config), processor, vocab, "<|im_end|>", "<|endoftext|>"
 
@@ -126,14 +150,21 @@ def llava_next(T):
     pinpoints = [[28, 28], [28, 56], [56, 28], [56, 56]]
     image_processor = T.LlavaNextImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28}, image_grid_pinpoints=pinpoints)
     processor = T.LlavaNextProcessor(
-        image_processor=image_processor, tokenizer=tokenizer, patch_size=14, vision_feature_select_strategy="full",
-        num_additional_image_tokens=0, chat_template=LLAVA_OV_TEMPLATE,
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=14,
+        vision_feature_select_strategy="full",
+        num_additional_image_tokens=0,
+        chat_template=LLAVA_OV_TEMPLATE,
     )
     config = T.LlavaNextConfig(
         text_config=dict(_text(vocab, "<|im_end|>", "<|endoftext|>"), model_type="qwen2"),
         vision_config=dict(_siglip(28, 14), model_type="siglip_vision_model"),
-        image_token_index=vocab["<image>"], image_grid_pinpoints=pinpoints,
-        vision_feature_select_strategy="full", vision_feature_layer=-1, tie_word_embeddings=False,
+        image_token_index=vocab["<image>"],
+        image_grid_pinpoints=pinpoints,
+        vision_feature_select_strategy="full",
+        vision_feature_layer=-1,
+        tie_word_embeddings=False,
     )
     return T.LlavaNextForConditionalGeneration(config), processor, vocab, "<|im_end|>", "<|endoftext|>"
 
@@ -147,7 +178,10 @@ def idefics3(T):
     processor = T.Idefics3Processor(image_processor=image_processor, tokenizer=tokenizer, image_seq_len=4, chat_template=IDEFICS3_TEMPLATE)
     config = T.Idefics3Config(
         text_config=dict(_text(vocab, "<end_of_utterance>", "<|end_of_text|>"), model_type="llama"),
-        vision_config=_siglip(56, 14), scale_factor=2, image_token_id=vocab["<image>"], pad_token_id=vocab["<|end_of_text|>"],
+        vision_config=_siglip(56, 14),
+        scale_factor=2,
+        image_token_id=vocab["<image>"],
+        pad_token_id=vocab["<|end_of_text|>"],
         tie_word_embeddings=False,
     )
     return T.Idefics3ForConditionalGeneration(config), processor, vocab, "<end_of_utterance>", "<|end_of_text|>"
@@ -160,12 +194,18 @@ def smolvlm(T):
     tokenizer, vocab = byte_tokenizer(special, eos="<end_of_utterance>", pad="<|im_end|>", bos="<|im_start|>")
     image_processor = T.SmolVLMImageProcessor(size={"longest_edge": 168}, max_image_size={"longest_edge": 56})
     processor = T.SmolVLMProcessor(
-        image_processor=image_processor, tokenizer=tokenizer, video_processor=T.SmolVLMVideoProcessor(), image_seq_len=4,
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        video_processor=T.SmolVLMVideoProcessor(),
+        image_seq_len=4,
         chat_template=IDEFICS3_TEMPLATE.replace("<|begin_of_text|>", "<|im_start|>"),
     )
     config = T.SmolVLMConfig(
         text_config=dict(_text(vocab, "<end_of_utterance>", "<|im_end|>"), model_type="llama"),
-        vision_config=_siglip(56, 14), scale_factor=2, image_token_id=vocab["<image>"], pad_token_id=vocab["<|im_end|>"],
+        vision_config=_siglip(56, 14),
+        scale_factor=2,
+        image_token_id=vocab["<image>"],
+        pad_token_id=vocab["<|im_end|>"],
         tie_word_embeddings=False,
     )
     return T.SmolVLMForConditionalGeneration(config), processor, vocab, "<end_of_utterance>", "<|im_end|>"
@@ -176,13 +216,16 @@ def gemma3(T):
     named = {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>"}
     tokenizer, vocab = byte_tokenizer(special, eos="<end_of_turn>", pad="<pad>", bos="<bos>", named=named)
     processor = T.Gemma3Processor(
-        image_processor=T.Gemma3ImageProcessor(size={"height": 56, "width": 56}), tokenizer=tokenizer, image_seq_length=4,
-        chat_template=GEMMA3_TEMPLATE,
+        image_processor=T.Gemma3ImageProcessor(size={"height": 56, "width": 56}), tokenizer=tokenizer, image_seq_length=4, chat_template=GEMMA3_TEMPLATE
     )
     text = _text(vocab, "<end_of_turn>", "<pad>", head_dim=8, sliding_window=64, model_type="gemma3_text")
     config = T.Gemma3Config(
-        text_config=text, vision_config=dict(_siglip(56, 14), model_type="siglip_vision_model"), mm_tokens_per_image=4,
-        boi_token_index=vocab["<start_of_image>"], eoi_token_index=vocab["<end_of_image>"], image_token_index=vocab["<image_soft_token>"],
+        text_config=text,
+        vision_config=dict(_siglip(56, 14), model_type="siglip_vision_model"),
+        mm_tokens_per_image=4,
+        boi_token_index=vocab["<start_of_image>"],
+        eoi_token_index=vocab["<end_of_image>"],
+        image_token_index=vocab["<image_soft_token>"],
         tie_word_embeddings=False,
     )
     return T.Gemma3ForConditionalGeneration(config), processor, vocab, "<end_of_turn>", "<pad>"
@@ -195,13 +238,15 @@ def internvl(T):
     # 28 px tiles of 14 px patches, pixel-unshuffled by 0.5: 1 context token per tile, up to 4 tiles + thumbnail
     image_processor = T.GotOcr2ImageProcessor(size={"height": 28, "width": 28}, crop_to_patches=True, min_patches=1, max_patches=4)
     processor = T.InternVLProcessor(
-        image_processor=image_processor, tokenizer=tokenizer, video_processor=T.InternVLVideoProcessor(), image_seq_length=1,
-        chat_template=INTERNVL_TEMPLATE,
+        image_processor=image_processor, tokenizer=tokenizer, video_processor=T.InternVLVideoProcessor(), image_seq_length=1, chat_template=INTERNVL_TEMPLATE
     )
     vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=[28, 28], patch_size=[14, 14])
     config = T.InternVLConfig(
-        vision_config=vision, text_config=dict(_text(vocab, "<|im_end|>", "<|endoftext|>"), model_type="qwen2"),
-        image_token_id=vocab["<IMG_CONTEXT>"], downsample_ratio=0.5, tie_word_embeddings=False,
+        vision_config=vision,
+        text_config=dict(_text(vocab, "<|im_end|>", "<|endoftext|>"), model_type="qwen2"),
+        image_token_id=vocab["<IMG_CONTEXT>"],
+        downsample_ratio=0.5,
+        tie_word_embeddings=False,
     )
     return T.InternVLForConditionalGeneration(config), processor, vocab, "<|im_end|>", "<|endoftext|>"
 

@@ -1,5 +1,6 @@
 """A real chat-completions server on 127.0.0.1 whose every reply is scripted byte for byte (status,
 headers, body, pauses, trickling), for the reliability tests of the openai: adapter."""
+
 from __future__ import annotations
 
 import json
@@ -60,7 +61,7 @@ class ScriptedServer:
                     self.send_header("Connection", "close")
                     self.end_headers()
                     for i in range(0, len(reply.body), max(1, reply.chunk)):
-                        self.wfile.write(reply.body[i:i + reply.chunk])
+                        self.wfile.write(reply.body[i : i + reply.chunk])
                         self.wfile.flush()
                         if reply.trickle_s:
                             time.sleep(reply.trickle_s)

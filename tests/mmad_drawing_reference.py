@@ -6,6 +6,7 @@ worked out in Pillow's integer arithmetic instead of calling Image.blend / alpha
 what §7 names as OpenCV's own (findContours, contourArea, boundingRect, drawContours, rectangle,
 grabCut, resize) is called as OpenCV.
 """
+
 from __future__ import annotations
 
 import math
@@ -80,8 +81,7 @@ def grabcut_foreground(q: Image.Image):
     H, W = a.shape[:2]
     labels = np.zeros((H, W), np.uint8)
     cv2.setRNGSeed(0)
-    cv2.grabCut(a, labels, (int(W * 0.01), int(H * 0.01), int(W * 0.98), int(H * 0.98)),
-                np.zeros((1, 65)), np.zeros((1, 65)), 5, cv2.GC_INIT_WITH_RECT)
+    cv2.grabCut(a, labels, (int(W * 0.01), int(H * 0.01), int(W * 0.98), int(H * 0.98)), np.zeros((1, 65)), np.zeros((1, 65)), 5, cv2.GC_INIT_WITH_RECT)
     keep = labels != 2  # MMAD: `mask != 2`
     return None if keep.sum() < 0.05 * keep.size else keep
 

@@ -1,4 +1,5 @@
 """Shared helpers of the round-two reliability tests (regression tests and property tests)."""
+
 from __future__ import annotations
 
 import json
@@ -39,8 +40,9 @@ def partial_files(folder: Path) -> list[Path]:
     """Temporary or empty files an interrupted write would leave behind."""
     if not folder.exists():
         return []
-    return [p for p in folder.rglob("*") if p.is_file() and (p.name.endswith(".tmp") or ".tmp." in p.name or p.stat().st_size == 0)
-            and not p.name.endswith(".lock")]
+    return [
+        p for p in folder.rglob("*") if p.is_file() and (p.name.endswith(".tmp") or ".tmp." in p.name or p.stat().st_size == 0) and not p.name.endswith(".lock")
+    ]
 
 
 def qids_once(records: list[dict]) -> bool:

@@ -1,4 +1,5 @@
 """Models and helpers for the reliability tests (loaded by `python:reliability_support:...` specs)."""
+
 from __future__ import annotations
 
 import hashlib

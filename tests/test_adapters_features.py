@@ -1,4 +1,5 @@
 """baseline:features: prompt reading and rules (fast), then the real packaged weights (slow)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -75,8 +76,15 @@ def test_knowledge_entries():
 
 def test_prompt_parts_read_like_the_query():
     expert = Image.new("RGB", (20, 20))
-    q = Query(question="Where is the defect?", options={"A": "top", "B": "center"}, image=Image.new("RGB", (30, 30)),
-              templates=[Image.new("RGB", (10, 10))], knowledge=KNOWLEDGE, expert_image=expert, expert_sentence="The following image is an expert's analysis.")
+    q = Query(
+        question="Where is the defect?",
+        options={"A": "top", "B": "center"},
+        image=Image.new("RGB", (30, 30)),
+        templates=[Image.new("RGB", (10, 10))],
+        knowledge=KNOWLEDGE,
+        expert_image=expert,
+        expert_sentence="The following image is an expert's analysis.",
+    )
     built = build_prompt(q)
     from_parts = _parse_parts(Prompt(parts=built.parts).parts)
     direct = read_prompt(built)
@@ -106,6 +114,7 @@ def test_anomaly_detection_and_localisation_from_templates(baseline):
     normal, defective = _blob(), _blob(defect=(84, 84, 104, 100))
     assert not baseline.is_anomalous(normal, templates)[0]
     assert baseline.is_anomalous(defective, templates)[0]
+
     def ask(image, question, options):
         return baseline.generate(build_prompt(Query(question=question, options=options, image=image, templates=templates)))
 
@@ -130,7 +139,14 @@ def test_expert_pictures_inform_the_answer(baseline):
     assert baseline.generate(build_prompt(q)) == "Answer: A"  # the templates alone say normal; the annotation says defect
     calibrated_nothing = "The following image is an expert's analysis. The expert, calibrated on normal samples, found nothing anomalous and marked nothing."
     defective = _blob(defect=(84, 84, 104, 100))
-    q = Query(question="Is there any defect in the object?", options=yes_no, image=defective, templates=[_blob()], expert_image=defective, expert_sentence=calibrated_nothing)
+    q = Query(
+        question="Is there any defect in the object?",
+        options=yes_no,
+        image=defective,
+        templates=[_blob()],
+        expert_image=defective,
+        expert_sentence=calibrated_nothing,
+    )
     assert baseline.generate(build_prompt(q)) == "Answer: B"
 
 
@@ -139,6 +155,7 @@ def test_knowledge_changes_defect_and_object_answers(baseline):
     image = _blob((40, 180, 60))
     dc = {"A": "crack", "B": "bubble", "C": "hole", "D": "stain"}
     oc = {"A": "bottle", "B": "screw", "C": "capsules", "D": "zipper"}
+
     def ask(question, options, knowledge):
         return baseline.generate(build_prompt(Query(question=question, options=options, image=image, knowledge=knowledge)))
 

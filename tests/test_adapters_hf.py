@@ -1,4 +1,5 @@
 """hf: adapter on tiny randomly initialised models of each family, built and saved locally (no downloads)."""
+
 from __future__ import annotations
 
 import json
@@ -73,8 +74,22 @@ def test_eval_cli_with_tiny_model(tiny_qwen_answers_a, fixture_root, tmp_path):
     from mmad_boost.cli import main
 
     out = tmp_path / "run"
-    argv = ["eval", "--data", str(fixture_root), "--model", f"hf:{tiny_qwen_answers_a}", "--model-option", "max_new_tokens=1",
-            "--model-option", "dtype=float32", "--limit", "5", "--no-progress", "--out", str(out)]
+    argv = [
+        "eval",
+        "--data",
+        str(fixture_root),
+        "--model",
+        f"hf:{tiny_qwen_answers_a}",
+        "--model-option",
+        "max_new_tokens=1",
+        "--model-option",
+        "dtype=float32",
+        "--limit",
+        "5",
+        "--no-progress",
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 0
     records = read_records(out / "records.jsonl")
     assert len(records) == 5
@@ -108,7 +123,9 @@ def test_missing_weights_and_processor_are_named(tmp_path):
     (d / "config.json").write_text("{}")
     with pytest.raises(MmadError, match="no weights in"):
         create_model(f"hf:{d}")
-    (d / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}))
+    (d / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}})
+    )
     (d / "model-00001-of-00002.safetensors").write_bytes(b"x")
     with pytest.raises(MmadError, match=r"model-00002-of-00002.safetensors not found \(1 of 2 missing\)"):
         create_model(f"hf:{d}")
@@ -170,7 +187,7 @@ def _image_token(model) -> int:
 
 def _find(seq: list, sub: list, start: int) -> int:
     for i in range(start, len(seq) - len(sub) + 1):
-        if seq[i:i + len(sub)] == sub:
+        if seq[i : i + len(sub)] == sub:
             return i
     raise AssertionError(f"text part {sub} not found after position {start}")
 
@@ -204,7 +221,7 @@ def _between_texts(ids: list, tok, texts: list[str], token: int) -> list[int]:
         at = _find(ids, sub, pos)
         spans.append((at, at + len(sub)))
         pos = at + len(sub)
-    assert token not in ids[: spans[0][0]] and token not in ids[spans[-1][1]:]
+    assert token not in ids[: spans[0][0]] and token not in ids[spans[-1][1] :]
     return [ids[a_end:b_start].count(token) for (_, a_end), (b_start, _) in zip(spans, spans[1:])]
 
 
@@ -286,7 +303,7 @@ def test_family_batched_greedy_equals_one_by_one(tiny, family):
     assert model._generate_batch(prompts) == one_by_one
     # per-sample stopping: make a token the first answer produces the end-of-turn token
     inputs = model.encode(prompts[:1])
-    new = model.model.generate(**inputs, max_new_tokens=6, do_sample=False)[0, inputs["input_ids"].shape[1]:].tolist()
+    new = model.model.generate(**inputs, max_new_tokens=6, do_sample=False)[0, inputs["input_ids"].shape[1] :].tolist()
     stop_id = new[2]
     model._eos_ids = {stop_id}
     model.model.generation_config.eos_token_id = stop_id
@@ -334,8 +351,24 @@ def test_eval_cli_batched_with_workers(tiny_qwen_answers_a, fixture_root, tmp_pa
     from mmad_boost.cli import main
 
     out = tmp_path / "run"
-    argv = ["eval", "--data", str(fixture_root), "--model", f"hf:{tiny_qwen_answers_a}", "--model-option", "max_new_tokens=2",
-            "--model-option", "batch_size=4", "--workers", "4", "--limit", "8", "--no-progress", "--out", str(out)]
+    argv = [
+        "eval",
+        "--data",
+        str(fixture_root),
+        "--model",
+        f"hf:{tiny_qwen_answers_a}",
+        "--model-option",
+        "max_new_tokens=2",
+        "--model-option",
+        "batch_size=4",
+        "--workers",
+        "4",
+        "--limit",
+        "8",
+        "--no-progress",
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 0
     records = read_records(out / "records.jsonl")
     assert len(records) == 8 and {r["response"] for r in records} == {"AA"} and not any(r["error"] for r in records)
@@ -383,8 +416,7 @@ from hypothesis import given, settings, strategies as st  # noqa: E402
 
 
 @settings(max_examples=40, deadline=None)
-@given(callers=st.integers(1, 12), size=st.integers(1, 5), wait=st.sampled_from([0.0, 0.002, 0.02]),
-       bad=st.sets(st.integers(0, 11), max_size=3))
+@given(callers=st.integers(1, 12), size=st.integers(1, 5), wait=st.sampled_from([0.0, 0.002, 0.02]), bad=st.sets(st.integers(0, 11), max_size=3))
 def test_micro_batcher_gives_each_caller_its_own_answer(callers, size, wait, bad):
     import threading
 

@@ -1,4 +1,5 @@
 """openai: adapter against a real HTTP server on 127.0.0.1 (no client mocking)."""
+
 from __future__ import annotations
 
 import base64
@@ -24,7 +25,9 @@ KEY = "sk-test-SECRET-0123456789"
 
 
 def completion(text: str) -> bytes:
-    return json.dumps({"id": "x", "object": "chat.completion", "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}]}).encode()
+    return json.dumps(
+        {"id": "x", "object": "chat.completion", "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}]}
+    ).encode()
 
 
 class Server:
@@ -238,8 +241,22 @@ def test_cli_eval_end_to_end(server, key, fixture_root, tmp_path, capsys):
     from mmad_boost.cli import main
 
     out = tmp_path / "run"
-    argv = ["eval", "--data", str(fixture_root), "--model", "openai:test-vlm", "--base-url", server.url,
-            "--api-key-env", key, "--limit", "6", "--no-progress", "--out", str(out)]
+    argv = [
+        "eval",
+        "--data",
+        str(fixture_root),
+        "--model",
+        "openai:test-vlm",
+        "--base-url",
+        server.url,
+        "--api-key-env",
+        key,
+        "--limit",
+        "6",
+        "--no-progress",
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 0
     assert len(server.requests) == 6
     assert all(r["body"]["model"] == "test-vlm" for r in server.requests)

@@ -1,4 +1,5 @@
 """python:<module>:<attr> SPECs: functions, model objects, classes and factories imported by name."""
+
 from __future__ import annotations
 
 import textwrap
@@ -11,7 +12,7 @@ from mmad_boost.models import FunctionModel, create_model
 from mmad_boost.protocol.prompt import Query, build_prompt
 from mmad_boost.running.records import read_records
 
-MODULE = '''
+MODULE = """
 from mmad_boost.models import MLLM
 
 SEEN = []
@@ -40,7 +41,7 @@ NOT_A_MODEL = 42
 
 class Nested:
     answer = staticmethod(answer)
-'''
+"""
 
 
 @pytest.fixture
@@ -108,8 +109,20 @@ def test_cli_eval_with_python_spec(user_module, fixture_root, tmp_path):
     from mmad_boost.cli import main
 
     out = tmp_path / "run"
-    argv = ["eval", "--data", str(fixture_root), "--model", f"python:{user_module}:Picky", "--model-option", "letter=B",
-            "--limit", "4", "--no-progress", "--out", str(out)]
+    argv = [
+        "eval",
+        "--data",
+        str(fixture_root),
+        "--model",
+        f"python:{user_module}:Picky",
+        "--model-option",
+        "letter=B",
+        "--limit",
+        "4",
+        "--no-progress",
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 0
     records = read_records(out / "records.jsonl")
     assert [r["gpt_answer"] for r in records] == ["B"] * 4 and records[0]["model"] == f"python:{user_module}:Picky"

@@ -8,6 +8,7 @@ anywhere; `if TYPE_CHECKING:` blocks never run; `import_module("...")` strings (
 module. Importing `a.b.c` also runs the `__init__` of `a.b` and `a` unless the importer already lives
 inside them (then they are already being imported), so those count as edges too.
 """
+
 from __future__ import annotations
 
 import ast
@@ -89,7 +90,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         path.append(m)
         for n in sorted(graph.get(m, ())):
             if state.get(n) == 1:
-                return path[path.index(n):] + [n]
+                return path[path.index(n) :] + [n]
             if n not in state and (c := visit(n)):
                 return c
         path.pop()
@@ -148,6 +149,7 @@ def test_docs_architecture_names_every_module():
 
 # -- the checker itself, on a made-up package ------------------------------------------------------------
 
+
 def _package(tmp_path: Path, files: dict[str, str]) -> Path:
     for rel, text in files.items():
         f = tmp_path / "pkg" / rel
@@ -157,34 +159,42 @@ def _package(tmp_path: Path, files: dict[str, str]) -> Path:
 
 
 def test_checker_finds_relative_and_absolute_cycles(tmp_path):
-    pkg = _package(tmp_path, {
-        "__init__.py": "",
-        "a.py": "from .sub.b import x\n",
-        "sub/__init__.py": "",
-        "sub/b.py": "try:\n    from ..c import y\nexcept ImportError:\n    pass\nx = 1\n",
-        "c.py": "import pkg.a\ny = 2\n",
-    })
+    pkg = _package(
+        tmp_path,
+        {
+            "__init__.py": "",
+            "a.py": "from .sub.b import x\n",
+            "sub/__init__.py": "",
+            "sub/b.py": "try:\n    from ..c import y\nexcept ImportError:\n    pass\nx = 1\n",
+            "c.py": "import pkg.a\ny = 2\n",
+        },
+    )
     cycle = find_cycle(import_graph(pkg))
     assert cycle is not None and cycle[0] == cycle[-1] and set(cycle) == {"pkg.a", "pkg.sub.b", "pkg.c"}
 
 
 def test_checker_finds_a_cycle_through_a_package_init(tmp_path):
-    pkg = _package(tmp_path, {
-        "__init__.py": "",
-        "experts/__init__.py": "from .base import make\n",
-        "experts/base.py": "from ..other import helper\nmake = 1\n",
-        "other.py": "from .experts import make\nhelper = 2\n",
-    })
+    pkg = _package(
+        tmp_path,
+        {
+            "__init__.py": "",
+            "experts/__init__.py": "from .base import make\n",
+            "experts/base.py": "from ..other import helper\nmake = 1\n",
+            "other.py": "from .experts import make\nhelper = 2\n",
+        },
+    )
     assert set(find_cycle(import_graph(pkg)) or ()) == {"pkg.experts", "pkg.experts.base", "pkg.other"}
 
 
 def test_checker_ignores_lazy_and_type_checking_imports(tmp_path):
-    pkg = _package(tmp_path, {
-        "__init__.py": "from .a import f\n",
-        "a.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .b import g\n"
-                "def f():\n    from .b import g\n    return g\n",
-        "b.py": "from .a import f\nfrom . import a\ng = 1\n",
-    })
+    pkg = _package(
+        tmp_path,
+        {
+            "__init__.py": "from .a import f\n",
+            "a.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .b import g\ndef f():\n    from .b import g\n    return g\n",
+            "b.py": "from .a import f\nfrom . import a\ng = 1\n",
+        },
+    )
     graph = import_graph(pkg)
     assert graph["pkg.b"] == {"pkg.a"} and graph["pkg.a"] == set() and graph["pkg"] == {"pkg.a"}
     assert find_cycle(graph) is None
@@ -192,8 +202,10 @@ def test_checker_ignores_lazy_and_type_checking_imports(tmp_path):
 
 # -- the extension points docs/architecture.md names work as it says ---------------------------------
 
+
 def _registered(registry, name):
     """Leave the process-wide registry as it was after the test."""
+
     class Undo:
         def __enter__(self):
             return registry
@@ -232,8 +244,7 @@ def test_a_model_kind_an_expert_an_encoder_and_an_index_kind_can_be_added():
             return v / np.linalg.norm(v, axis=1, keepdims=True)
 
     image = Image.new("RGB", (8, 6), (200, 10, 10))
-    with _registered(MODELS, "arch-echo"), _registered(EXPERTS, "arch-level"), _registered(ENCODERS, "arch-brightness"), \
-            _registered(INDEX_KINDS, "arch-hnsw8"):
+    with _registered(MODELS, "arch-echo"), _registered(EXPERTS, "arch-level"), _registered(ENCODERS, "arch-brightness"), _registered(INDEX_KINDS, "arch-hnsw8"):
         register_model_kind("arch-echo", lambda rest, **options: FunctionModel(lambda images, text: f"{rest}: {len(images)}"))
         assert create_model("arch-echo:Answer")([image], "Is it good?") == "Answer: 1"
 

@@ -1,4 +1,5 @@
 """BoostedModel by hand and inside the runner; compare; the eval flags."""
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,6 @@ from mmad_boost.running.runner import Runner
 from mmad_boost.protocol.scoring import score_records
 from mmad_boost.running.records import run_records
 from fixtures import Recorder
-
-
 
 
 @dataclass
@@ -175,7 +174,9 @@ def test_eval_flags_and_config_refuses_mixing(fixture_root, tmp_path, capsys):
     ident = json.loads((out / "run.json").read_text())["identity"]
     assert ident["model_config"]["expert"] == {"source": "gt", "style": "bbox", "mode": "faithful", "options": {}}
     # another viz into the same folder is refused
-    assert main(["eval", "--data", str(fixture_root), "--model", "baseline:random", "--expert", "gt", "--viz", "contour", "--no-progress", "--out", str(out)]) == 2
+    assert (
+        main(["eval", "--data", str(fixture_root), "--model", "baseline:random", "--expert", "gt", "--viz", "contour", "--no-progress", "--out", str(out)]) == 2
+    )
     assert main(["eval", "--data", str(fixture_root), "--model", "baseline:random", "--calibrated", "--no-progress", "--out", str(tmp_path / "x")]) == 2
     assert "--calibrated needs --expert" in capsys.readouterr().err
 

@@ -1,6 +1,7 @@
 """Eight threads asking one BoostedModel (real knowledge base, real fitted sample experts) about
 eight different bundled images at the same moment: each gets the trace of its own image, from
 `answer()` and from its thread's `last_trace`, identical to what one thread alone gets."""
+
 from __future__ import annotations
 
 import threading
@@ -42,8 +43,16 @@ def _eight_samples(bench):
 
 
 def _prompt(bench, s, run_dir):
-    info = SampleInfo(key=s.key, dataset=s.dataset, category=s.category, label=s.label, is_normal=s.is_normal,
-                      load_mask=lambda: bench.load_mask(s), run_dir=str(run_dir), data_root=str(bench.root))
+    info = SampleInfo(
+        key=s.key,
+        dataset=s.dataset,
+        category=s.category,
+        label=s.label,
+        is_normal=s.is_normal,
+        load_mask=lambda: bench.load_mask(s),
+        run_dir=str(run_dir),
+        data_root=str(bench.root),
+    )
     q = s.questions[0]
     return build_prompt(Query(q.text, dict(q.options), bench.load_image(bench.resolve(s.key)), info=info))
 

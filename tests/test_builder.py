@@ -3,6 +3,7 @@
 Every generated answer is checked against the source labels and masks with code independent of
 the builder (its own CSV reading and 3x3 grid arithmetic).
 """
+
 from __future__ import annotations
 
 import csv
@@ -38,7 +39,11 @@ def visa_truth(root: Path) -> dict[str, dict]:
         folder = "good" if normal else "bad"
         labels = [] if normal else [x.strip() for x in anno[r["image"]].split(",")]
         truth[f"VisA/{r['object']}/{r['split']}/{folder}/{name}"] = {
-            "labels": labels, "mask": root / r["mask"] if r["mask"] else None, "category": r["object"], "split": r["split"], "source": root / r["image"],
+            "labels": labels,
+            "mask": root / r["mask"] if r["mask"] else None,
+            "category": r["object"],
+            "split": r["split"],
+            "source": root / r["image"],
         }
     return truth
 

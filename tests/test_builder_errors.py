@@ -1,4 +1,5 @@
 """build-bench on malformed trees, the extra-questions hook, the CLI, and the question rules."""
+
 from __future__ import annotations
 
 import csv

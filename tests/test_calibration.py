@@ -1,5 +1,6 @@
 """Calibration at a target false-mark rate: the conformal rule, leave-one-out normal scores, stored
 scores that move the thresholds without refitting, the operating curve, and evidence in words."""
+
 import json
 import math
 
@@ -150,8 +151,13 @@ def test_operating_curve_counts_and_best_fixed_threshold():
     hit[22:28, 22:28] = True
     away = np.zeros((60, 60), bool)
     away[50:55, 50:55] = True
-    items = [_item(1.0, value=1.0), _item(3.0, value=3.0),  # normals: one scores high
-             _item(4.0, hit, 4.0), _item(2.0, hit, 2.0), _item(5.0, away, 5.0)]  # defects: hit, low score, marked elsewhere
+    items = [
+        _item(1.0, value=1.0),
+        _item(3.0, value=3.0),  # normals: one scores high
+        _item(4.0, hit, 4.0),
+        _item(2.0, hit, 2.0),
+        _item(5.0, away, 5.0),
+    ]  # defects: hit, low score, marked elsewhere
     fm, hits, missed = counts(items, "bbox", image_t=2.5, pixel_t=0.5)
     assert (fm, hits, len(missed)) == (1, 1, 2)
 
@@ -305,7 +311,7 @@ def _normals_and_defects(rng):
     for _ in range(6):
         g = np.ones((48, 48))
         y, x = rng.integers(4, 40, 2)
-        g[y:y + 4, x:x + 4] = 3.0
+        g[y : y + 4, x : x + 4] = 3.0
         defects.append(g)
     return normals, defects
 

@@ -2,6 +2,7 @@
 
 The walk covers every subcommand, including those other modules add through register_cli.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -93,8 +94,15 @@ def test_one_name_per_thing_and_deprecated_spellings(tmp_path, capsys):
     assert "deprecated; use --kb" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("given, long", [("anomaly", "Anomaly Detection"), ("Anomaly Detection", "Anomaly Detection"),
-                                         ("object-cl", "Object Classification"), ("defect_loc", "Defect Localization")])
+@pytest.mark.parametrize(
+    "given, long",
+    [
+        ("anomaly", "Anomaly Detection"),
+        ("Anomaly Detection", "Anomaly Detection"),
+        ("object-cl", "Object Classification"),
+        ("defect_loc", "Defect Localization"),
+    ],
+)
 def test_type_accepts_short_names(given, long):
     args = make_parser().parse_args(["eval", "--data", "d", "--model", "m", "--type", given, "--out", "o"])
     assert args.types == [long]

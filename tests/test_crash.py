@@ -1,4 +1,5 @@
 """Crash safety: SIGKILL at random points and Ctrl-C lose nothing and duplicate nothing."""
+
 from __future__ import annotations
 
 import json

@@ -91,7 +91,16 @@ def test_prompt_order_and_option_lines():
     im = Image.new("RGB", (8, 8))
     t = Image.new("RGB", (8, 8), "white")
     ex = Image.new("RGB", (8, 8), "red")
-    qq = Query(question="Is there any defect?", options={"A": "Yes", "B": "No"}, image=im, templates=[t], defect_examples=[ex], knowledge="K-TEXT", expert_image=ex, expert_sentence="EXPERT:")
+    qq = Query(
+        question="Is there any defect?",
+        options={"A": "Yes", "B": "No"},
+        image=im,
+        templates=[t],
+        defect_examples=[ex],
+        knowledge="K-TEXT",
+        expert_image=ex,
+        expert_sentence="EXPERT:",
+    )
     p = build_prompt(qq)
     text = p.text("<img>")
     assert text.startswith(MMAD_INSTRUCTION)

@@ -1,4 +1,5 @@
 """`mmad-boost demo` on the bundled sample."""
+
 from __future__ import annotations
 
 import json

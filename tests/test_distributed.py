@@ -1,4 +1,5 @@
 """Sharded and Ray runs give the same records as one process; per-image work runs once per image."""
+
 import json
 import sys
 import threading

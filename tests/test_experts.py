@@ -1,4 +1,5 @@
 """Experts: factory, PatchCore (real EfficientNet-Lite0 weights, real VisA images), gt, calibration, cache."""
+
 import json
 
 import numpy as np
@@ -148,7 +149,7 @@ def test_gt_bbox_on_bundled_defect_encloses_its_mask(capsules):
         m = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((w, h), Image.NEAREST)) > 0
         covered = np.zeros_like(m)
         for x0, y0, x1, y1 in pic.boxes:
-            covered[y0:y1 + 1, x0:x1 + 1] = True
+            covered[y0 : y1 + 1, x0 : x1 + 1] = True
         assert not (m & ~covered).any()  # every mask pixel lies inside a box
         red = np.all(np.asarray(pic.image) == (255, 0, 0), axis=2)
         ys, xs = np.nonzero(m)

@@ -1,4 +1,5 @@
 """`mmad-boost expert fit|eval|render` on an MMAD-layout benchmark of the bundled VisA sample."""
+
 import json
 
 import pytest
@@ -28,13 +29,20 @@ def make_bench(root, category="capsules", n_train=10, side=SIDE):
     q = [{"Question": "Is there any defect in the object?", "Options": {"A": "Yes", "B": "No"}, "Answer": "B", "type": "Anomaly Detection"}]
     for p in split.test_normal:
         put(p, f"test/good/{p.name}")
-        data[f"VisA/{category}/test/good/{p.name}"] = {"conversation": q, "mask_path": "", "random_templates": [f"VisA/{category}/train/good/{split.train[0].name}"]}
+        data[f"VisA/{category}/test/good/{p.name}"] = {
+            "conversation": q,
+            "mask_path": "",
+            "random_templates": [f"VisA/{category}/train/good/{split.train[0].name}"],
+        }
     for p, m in split.test_anomaly:
         put(p, f"test/bad/{p.name}")
         put(m, f"ground_truth/bad/{m.name}", mask=True)
         qa = [dict(q[0], Answer="A")]
-        data[f"VisA/{category}/test/bad/{p.name}"] = {"conversation": qa, "mask_path": f"ground_truth/bad/{m.name}",
-                                                       "random_templates": [f"VisA/{category}/train/good/{split.train[0].name}"]}
+        data[f"VisA/{category}/test/bad/{p.name}"] = {
+            "conversation": qa,
+            "mask_path": f"ground_truth/bad/{m.name}",
+            "random_templates": [f"VisA/{category}/train/good/{split.train[0].name}"],
+        }
     (root / "mmad.json").write_text(json.dumps(data))
     return root
 
@@ -49,8 +57,7 @@ def test_fit_eval_calibrated_marks_fewer_normals_and_render(tmp_path, capsys, mo
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     root = make_bench(tmp_path / "data", "fryum", side=256)
     exp = tmp_path / "pc"
-    assert main(["expert", "fit", "--data", str(root), "--category", "VisA/fryum", "--option", "size=224",
-                 "--holdout", "0.3", "--out", str(exp)]) == 0
+    assert main(["expert", "fit", "--data", str(root), "--category", "VisA/fryum", "--option", "size=224", "--holdout", "0.3", "--out", str(exp)]) == 0
     meta = json.loads((exp / "expert.json").read_text())
     assert meta["category"] == "VisA/fryum" and len(meta["calibration_images"]) == 3 and meta["image_threshold"] > 0
 

@@ -1,4 +1,5 @@
 """AnomalyCLIP on a tiny random open_clip model; the anomalib adapter with local EfficientNet weights."""
+
 import json
 
 import numpy as np
@@ -9,8 +10,11 @@ from mmad_boost.errors import MmadError
 from mmad_boost.experts import create_expert, load_expert
 from mmad_boost.experts.sample import visa_split
 
-TINY = {"embed_dim": 32, "vision_cfg": {"image_size": 64, "layers": 4, "width": 64, "patch_size": 16, "head_width": 32},
-        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}}
+TINY = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 64, "layers": 4, "width": 64, "patch_size": 16, "head_width": 32},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+}
 
 
 @pytest.fixture(scope="module")

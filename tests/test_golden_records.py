@@ -1,6 +1,7 @@
 """Records of seeded runs on the bundled sample are the same as those stored before a reshaping of
 the code (tests/golden/seeded_runs.py writes them): every boost, drawing style, evidence mode,
 route and setting, with a model whose answer depends on every byte of its prompt."""
+
 from __future__ import annotations
 
 import json

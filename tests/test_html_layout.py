@@ -1,6 +1,7 @@
 """The HTML report fits a 1280 px screen with five runs (checked in headless Chromium): the summary's
 Avg column and every run of a question card are visible without horizontal scrolling; the plots are
 open at the top."""
+
 from __future__ import annotations
 
 import pytest

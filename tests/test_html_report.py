@@ -1,4 +1,5 @@
 """The browsable HTML report: files it writes, and the page itself driven in headless Chromium."""
+
 from __future__ import annotations
 
 import csv
@@ -57,8 +58,20 @@ def make_visa_bench(root: Path, per_split: int = 3, px: int = 256) -> Path:
                 tkeys.append(key)
                 continue
             conv = [
-                {"Question": "Is there any defect in the object?", "Options": {"A": "Yes", "B": "No"}, "Answer": "B" if r["label"] == "normal" else "A", "type": "Anomaly Detection", "annotation": True},
-                {"Question": "What kind of product is in the image?", "Options": {"A": cat, "B": cats[1 - cats.index(cat)], "C": "candle", "D": "pcb"}, "Answer": "A", "type": "Object Classification", "annotation": True},
+                {
+                    "Question": "Is there any defect in the object?",
+                    "Options": {"A": "Yes", "B": "No"},
+                    "Answer": "B" if r["label"] == "normal" else "A",
+                    "type": "Anomaly Detection",
+                    "annotation": True,
+                },
+                {
+                    "Question": "What kind of product is in the image?",
+                    "Options": {"A": cat, "B": cats[1 - cats.index(cat)], "C": "candle", "D": "pcb"},
+                    "Answer": "A",
+                    "type": "Object Classification",
+                    "annotation": True,
+                },
             ]
             mask_rel = ""
             if r["label"] == "anomaly":
@@ -69,8 +82,23 @@ def make_visa_bench(root: Path, per_split: int = 3, px: int = 256) -> Path:
                     m = m.resize(im.size, Image.NEAREST)
                     m.save(mdst)
                 defect = labels.get(r["image"], "defect").split(",")[0]
-                conv.append({"Question": "What is the type of the defect?", "Options": {"A": defect, "B": "scratch", "C": "missing part", "D": "stain"}, "Answer": "A", "type": "Defect Classification", "annotation": True})
-            data[key] = {"image_path": key, "mask_path": mask_rel, "base_folder": cat, "conversation": conv, "similar_templates": tkeys[::-1], "random_templates": tkeys}
+                conv.append(
+                    {
+                        "Question": "What is the type of the defect?",
+                        "Options": {"A": defect, "B": "scratch", "C": "missing part", "D": "stain"},
+                        "Answer": "A",
+                        "type": "Defect Classification",
+                        "annotation": True,
+                    }
+                )
+            data[key] = {
+                "image_path": key,
+                "mask_path": mask_rel,
+                "base_folder": cat,
+                "conversation": conv,
+                "similar_templates": tkeys[::-1],
+                "random_templates": tkeys,
+            }
     (root / "mmad.json").write_text(json.dumps(data, indent=1))
     return root
 
@@ -93,8 +121,23 @@ class InspectorStub(MLLM):
         (Path(info.run_dir) / rel).parent.mkdir(parents=True, exist_ok=True)
         pic.save(Path(info.run_dir) / rel)
         wrong_cat = info.key.endswith(("001.JPG",))  # one image per category gets a retrieval miss
-        query.trace["retrieval"] = {"mode": "image", "category": "pcb" if wrong_cat else info.category, "true_category": info.category, "score": 0.71, "runner_up": "candle", "knowledge_chars": 420}
-        query.trace["expert"] = {"name": "gt", "mode": "calibrated", "style": "bbox", "score": 0.0 if info.is_normal else 1.0, "decision": not info.is_normal, "marked": not info.is_normal, "picture": str(rel)}
+        query.trace["retrieval"] = {
+            "mode": "image",
+            "category": "pcb" if wrong_cat else info.category,
+            "true_category": info.category,
+            "score": 0.71,
+            "runner_up": "candle",
+            "knowledge_chars": 420,
+        }
+        query.trace["expert"] = {
+            "name": "gt",
+            "mode": "calibrated",
+            "style": "bbox",
+            "score": 0.0 if info.is_normal else 1.0,
+            "decision": not info.is_normal,
+            "marked": not info.is_normal,
+            "picture": str(rel),
+        }
         query.trace.setdefault("timings", {})["expert_s"] = 0.002
         return query
 
@@ -227,7 +270,16 @@ def test_user_errors(tmp_path, capsys):
 
 
 # -- the page in a browser ----------------------------------------------------------
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 @pytest.fixture(scope="module")
@@ -362,12 +414,26 @@ def _synthetic_run(base: Path, n_images: int, per_image: int) -> tuple[Path, Pat
         os.link(src, data / key)  # a file of its own: its own thumbnail, as in a real run
         for j in range(per_image):
             gold, given = "ABCD"[j % 4], "ABCD"[(i + j) % 4]
-            lines.append(json.dumps({
-                "qid": f"{key}#{j}", "image": key, "question": f"Question {j} about image {i}?", "question_type": types[j % len(types)],
-                "correct_answer": gold, "gpt_answer": given, "response": f"Answer: {given}. Response number {i}-{j}.",
-                "options": {"A": "first", "B": "second", "C": "third", "D": "fourth"}, "setting": "1-shot", "model": "synthetic",
-                "parser": "strict", "latency_s": 0.5, "error": None, "trace": {"templates": [], "timings": {"load_s": 0.01}},
-            }))
+            lines.append(
+                json.dumps(
+                    {
+                        "qid": f"{key}#{j}",
+                        "image": key,
+                        "question": f"Question {j} about image {i}?",
+                        "question_type": types[j % len(types)],
+                        "correct_answer": gold,
+                        "gpt_answer": given,
+                        "response": f"Answer: {given}. Response number {i}-{j}.",
+                        "options": {"A": "first", "B": "second", "C": "third", "D": "fourth"},
+                        "setting": "1-shot",
+                        "model": "synthetic",
+                        "parser": "strict",
+                        "latency_s": 0.5,
+                        "error": None,
+                        "trace": {"templates": [], "timings": {"load_s": 0.01}},
+                    }
+                )
+            )
     (run / "records.jsonl").write_text("\n".join(lines) + "\n")
     (run / "run.json").write_text(json.dumps({"identity": {"model": "synthetic", "setting": "1-shot"}, "data_root": str(data)}))
     return data, run
@@ -398,7 +464,9 @@ def test_full_size_run_opens_quickly(tmp_path, browser):
     p.page.click("#next")
     assert "page 2 /" in p.page.text_content("#page") and p.rows() == 50
     assert p.errors == []
-    print(f"40k questions: report written in {build_s:.1f} s ({size_mb:.1f} MB), first page in {open_s:.2f} s (JS {p.page.evaluate('document.body.dataset.renderMs')} ms), search {search_s:.2f} s")
+    print(
+        f"40k questions: report written in {build_s:.1f} s ({size_mb:.1f} MB), first page in {open_s:.2f} s (JS {p.page.evaluate('document.body.dataset.renderMs')} ms), search {search_s:.2f} s"
+    )
     p.page.close()
 
 

@@ -1,4 +1,5 @@
 """`kb draft` against a real local OpenAI-compatible HTTP server; drafts load, build, reach the prompt; reviewed files are safe."""
+
 from __future__ import annotations
 
 import base64
@@ -43,12 +44,30 @@ def _reply(body, n):
     if cat is None:  # an eval question
         return 200, {}, completion("Answer: A")
     kind = "normal" if "defect-free" in _texts(body) else "defect"
-    return 200, {}, completion(f"TOKEN-{cat}-{kind}: a \"quoted\" \\ description.\nSecond line.")
+    return 200, {}, completion(f'TOKEN-{cat}-{kind}: a "quoted" \\ description.\nSecond line.')
 
 
 def _draft(root, server, out):  # noqa: F811
-    return main(["kb", "draft", "--data", str(root), "--model", "openai:test-vlm", "--base-url", server.url, "--api-key-env", "none",
-                 "--normals", "2", "--per-defect", "1", "--out", str(out)])
+    return main(
+        [
+            "kb",
+            "draft",
+            "--data",
+            str(root),
+            "--model",
+            "openai:test-vlm",
+            "--base-url",
+            server.url,
+            "--api-key-env",
+            "none",
+            "--normals",
+            "2",
+            "--per-defect",
+            "1",
+            "--out",
+            str(out),
+        ]
+    )
 
 
 @pytest.mark.slow
@@ -64,7 +83,7 @@ def test_draft_per_category_then_build_and_eval_uses_it(fixture_root, server, tm
         assert d["dataset"] == "MVTec" and d["category"] == cat and is_draft(f)
         assert d["draft"]["model"] == "openai:test-vlm" and len(d["draft"]["normal_images"]) == 2
         assert all(k.startswith(f"MVTec-AD/{cat}/") for k in d["draft"]["normal_images"] + d["draft"]["defect_images"])
-        assert d["normal"].startswith(f"TOKEN-{cat}-normal: a \"quoted\" \\ description.")
+        assert d["normal"].startswith(f'TOKEN-{cat}-normal: a "quoted" \\ description.')
         assert sorted(x["name"] for x in d["defect"]) == ["hole", "scratch"]  # from the Defect Classification answers
         load_category_file(f)  # what kb build reads
     # the requests carry that category's images (the fixture's widgets are orange, gadgets blue)
@@ -82,8 +101,30 @@ def test_draft_per_category_then_build_and_eval_uses_it(fixture_root, server, tm
     assert main(["kb", "build", "--data", str(fixture_root), "--knowledge", str(out), "--refs-per-category", "2", "--no-progress", "--out", str(kb)]) == 0
     server.requests.clear()
     run = tmp_path / "run"
-    assert main(["eval", "--data", str(fixture_root), "--model", "openai:test-vlm", "--base-url", server.url, "--api-key-env", "none",
-                 "--rag", "--kb", str(kb), "--limit", "4", "--no-progress", "--out", str(run)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--data",
+                str(fixture_root),
+                "--model",
+                "openai:test-vlm",
+                "--base-url",
+                server.url,
+                "--api-key-env",
+                "none",
+                "--rag",
+                "--kb",
+                str(kb),
+                "--limit",
+                "4",
+                "--no-progress",
+                "--out",
+                str(run),
+            ]
+        )
+        == 0
+    )
     asked = [_texts(r["body"]) for r in server.requests]
     assert asked and all(re.search(r"TOKEN-(widget|gadget)-normal", t) for t in asked)  # the drafted text is in every prompt
     assert all(r["trace"]["retrieval"]["knowledge_chars"] > 0 for r in run_records(run))

@@ -1,4 +1,5 @@
 """The knowledge format, its validator, MMAD's importer and oracle text (no models needed)."""
+
 import json
 
 import pytest

@@ -1,4 +1,5 @@
 """The ablation notebooks run top to bottom offline (as shipped) and match their generator."""
+
 from __future__ import annotations
 
 import json
@@ -17,10 +18,9 @@ def _kernel_in(tmp: Path, monkeypatch) -> str:
     """A kernel spec for this very interpreter (the venv), found through JUPYTER_PATH: works from a fresh clone."""
     spec = tmp / "jupyter" / "kernels" / "mmad-venv"
     spec.mkdir(parents=True)
-    (spec / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "mmad-boost venv", "language": "python",
-    }))
+    (spec / "kernel.json").write_text(
+        json.dumps({"argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"], "display_name": "mmad-boost venv", "language": "python"})
+    )
     monkeypatch.setenv("JUPYTER_PATH", str(tmp / "jupyter"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.delenv("MPLBACKEND", raising=False)  # the kernel's inline backend shows the plots
@@ -59,7 +59,9 @@ def test_notebook_runs_offline(name, workdir, tmp_path, monkeypatch):
     NotebookClient(nb, timeout=1200, kernel_name=kernel, resources={"metadata": {"path": str(workdir)}}).execute()
     text = "\n".join(
         o.get("text", "") + "".join(o.get("data", {}).get("text/markdown", "")) + "".join(o.get("data", {}).get("text/plain", ""))
-        for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+        for c in nb.cells
+        if c.cell_type == "code"
+        for o in c.get("outputs", [])
     )
     assert "Traceback" not in text
     assert "| plain |" in text or "| 1-shot |" in text  # the delta table

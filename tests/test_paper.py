@@ -1,4 +1,5 @@
 """The shipped published MMAD table, `compare --paper`, `score --format mmad-csv`, and intervals in the score files."""
+
 from __future__ import annotations
 
 import csv
@@ -44,8 +45,12 @@ def test_all_result_rows_are_mmads_per_dataset_csvs():
 def runs(shared_fixture_root, tmp_path):
     plain, second = tmp_path / "plain", tmp_path / "second"
     for out, seed in ((plain, "0"), (second, "1")):
-        assert main(["eval", "--data", str(shared_fixture_root), "--model", "baseline:random", "--model-option", f"seed={seed}",
-                     "--no-progress", "--out", str(out)]) == 0
+        assert (
+            main(
+                ["eval", "--data", str(shared_fixture_root), "--model", "baseline:random", "--model-option", f"seed={seed}", "--no-progress", "--out", str(out)]
+            )
+            == 0
+        )
     return plain, second
 
 

@@ -4,6 +4,7 @@ Whatever the file holds, the CLI (run in-process: a subprocess would import torc
 ends with exit code 0 or 2, never a traceback; a 2 comes with exactly one `error:` line naming the
 file or field; nothing half-written is left; and every recorded question is recorded exactly once.
 """
+
 from __future__ import annotations
 
 import copy
@@ -24,8 +25,15 @@ from mmad_boost.running.records import read_records, run_records
 from mmad_boost.running.runner import Runner
 from reliability2_support import eval_args, partial_files, qids_once, run_cli
 
+
 def fast(n: int):
-    return settings(max_examples=n, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large], database=None)
+    return settings(
+        max_examples=n,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large],
+        database=None,
+    )
+
 
 json_scalars = st.none() | st.booleans() | st.integers(-3, 10) | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=8)
 json_values = st.recursive(json_scalars, lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=6), c, max_size=3), max_leaves=6)
@@ -37,7 +45,9 @@ IMAGE_FIELDS = ["conversation", "mask_path", "similar_templates", "random_templa
 
 @st.composite
 def mutation(draw):
-    kind = draw(st.sampled_from(["question-field", "drop-question-field", "image-field", "drop-image-field", "options", "answer", "rename-key", "templates", "whole"]))
+    kind = draw(
+        st.sampled_from(["question-field", "drop-question-field", "image-field", "drop-image-field", "options", "answer", "rename-key", "templates", "whole"])
+    )
     return kind, draw(st.randoms(use_true_random=False)), draw(json_values), draw(letters), draw(weird_keys)
 
 
@@ -104,6 +114,7 @@ def test_malformed_question_files(shared_fixture_root, base_questions, capsys, m
 
 # -- records files -------------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def finished_run(shared_fixture_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("records-prop") / "run"
@@ -128,8 +139,12 @@ def no_plots():
 bad_lines = st.one_of(
     st.binary(max_size=30).filter(lambda b: b"\n" not in b),
     json_values.map(lambda v: json.dumps(v).encode()),
-    st.dictionaries(st.sampled_from(["qid", "image", "question_type", "error", "options", "gpt_answer", "latency_s", "trace"]), json_values, max_size=5).map(lambda d: json.dumps(d).encode()),
-    st.just(b'{"qid": "x\xff"}'), st.just(b"[" * 3000 + b"]" * 3000), st.just(b""),
+    st.dictionaries(st.sampled_from(["qid", "image", "question_type", "error", "options", "gpt_answer", "latency_s", "trace"]), json_values, max_size=5).map(
+        lambda d: json.dumps(d).encode()
+    ),
+    st.just(b'{"qid": "x\xff"}'),
+    st.just(b"[" * 3000 + b"]" * 3000),
+    st.just(b""),
 )
 
 
@@ -172,13 +187,31 @@ def test_damaged_records_files(finished_run, no_plots, capsys, inserts, duplicat
 
 # -- fitted expert folders ------------------------------------------------------------------------------------------
 
+
 def _valid_folder(d: Path) -> Path:
     d.mkdir(parents=True)
     np.save(d / "memory_bank.npy", np.ones((6, 8), np.float32))
-    meta = {"format": 1, "kind": "patchcore", "config": {"backbone": "efficientnet-lite0", "mode": "full", "size": 64, "coreset_ratio": 0.1,
-            "sigma": 4.0, "foreground": False, "seed": 0, "reweight": False, "topk": 0.0, "knn": 1},
-            "fitted": True, "arrays": ["memory_bank"], "image_threshold": 1.0, "pixel_threshold": 0.5,
-            "calibration": {"method": "holdout", "false_marks": 0.05, "margin": 1.0, "normal_scores": [0.5, 0.7], "normal_map_max": [0.6, 0.8]}}
+    meta = {
+        "format": 1,
+        "kind": "patchcore",
+        "config": {
+            "backbone": "efficientnet-lite0",
+            "mode": "full",
+            "size": 64,
+            "coreset_ratio": 0.1,
+            "sigma": 4.0,
+            "foreground": False,
+            "seed": 0,
+            "reweight": False,
+            "topk": 0.0,
+            "knn": 1,
+        },
+        "fitted": True,
+        "arrays": ["memory_bank"],
+        "image_threshold": 1.0,
+        "pixel_threshold": 0.5,
+        "calibration": {"method": "holdout", "false_marks": 0.05, "margin": 1.0, "normal_scores": [0.5, 0.7], "normal_map_max": [0.6, 0.8]},
+    }
     (d / "expert.json").write_text(json.dumps(meta))
     return d
 
@@ -214,7 +247,7 @@ def damage(d: Path, dmg) -> None:
         data = bytearray(npy.read_bytes())
         if kind == "npy-header":  # random bytes over the header
             start = rnd.randint(0, 100)
-            data[start:start + len(raw)] = raw
+            data[start : start + len(raw)] = raw
         elif kind == "npy-shape":
             shape = rnd.choice(["(1000000000, 1280)", "(6, 8, 1)", "(-1, 8)", "()", "(6,)", "(48, 1)", "(7, 8)", "(2**62, 2**62)"])
             header = f"{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}"

@@ -3,6 +3,7 @@
 ends in an answer, a per-question ModelError or a one-line MmadError; the key never leaves for
 another host nor appears in an answer or a message; a redirect never yields an answer; a request
 never outlives its deadline; and a run records every question exactly once."""
+
 from __future__ import annotations
 
 import email.utils
@@ -28,14 +29,24 @@ def _http_date(offset_s: float) -> str:
 
 
 retry_after = st.one_of(
-    st.none(), st.integers(-5, 1).map(str), st.floats(0, 0.1).map(lambda f: f"{f:.3f}"), st.sampled_from(["soon", "", "1e999", "99999999999999999999", "Mon, 99 Foo 2020 25:61:00 GMT", "Thu, 01 Jan 1970 00:00:00"]),
+    st.none(),
+    st.integers(-5, 1).map(str),
+    st.floats(0, 0.1).map(lambda f: f"{f:.3f}"),
+    st.sampled_from(["soon", "", "1e999", "99999999999999999999", "Mon, 99 Foo 2020 25:61:00 GMT", "Thu, 01 Jan 1970 00:00:00"]),
     st.floats(-100, 0.1).map(_http_date),
 )
 answer_text = st.one_of(
-    st.text(max_size=60), st.just("Answer: A \ud800"), st.just(f"the key is {KEY}, answer B"), st.just(" " * 20000 + "Answer: C"),
+    st.text(max_size=60),
+    st.just("Answer: A \ud800"),
+    st.just(f"the key is {KEY}, answer B"),
+    st.just(" " * 20000 + "Answer: C"),
     st.text(max_size=20).map(lambda t: t + "\udfff"),
 )
-json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=10), lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=5), c, max_size=3), max_leaves=8)
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=10),
+    lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=5), c, max_size=3),
+    max_leaves=8,
+)
 bodies = st.one_of(
     answer_text.map(completion),
     st.binary(max_size=200),
@@ -60,9 +71,12 @@ def replies(draw, other_url: str):
     length = draw(st.sampled_from([None, None, None, -1, "long", "short"]))
     body = draw(bodies)
     return Reply(
-        status=status, headers=headers, body=body,
+        status=status,
+        headers=headers,
+        body=body,
         delay_s=0.6 if timing == "slow-start" else 0.0,  # beyond the per-read timeout
-        trickle_s=0.15 if timing == "trickle" else 0.0, chunk=max(1, len(body) // 8) if timing == "trickle" else 1 << 20,
+        trickle_s=0.15 if timing == "trickle" else 0.0,
+        chunk=max(1, len(body) // 8) if timing == "trickle" else 1 << 20,
         content_length={None: None, -1: -1, "long": len(body) + 10, "short": max(0, len(body) - 3)}[length],
     )
 
@@ -79,8 +93,9 @@ def key_env(monkeypatch):
 
 
 def _model(url: str) -> OpenAIChatModel:
-    return OpenAIChatModel("m", base_url=url, api_key_env="MMAD_PROP_KEY", timeout=TIMEOUT, deadline=DEADLINE,
-                           max_retries=RETRIES, backoff=0.01, max_backoff=0.05)
+    return OpenAIChatModel(
+        "m", base_url=url, api_key_env="MMAD_PROP_KEY", timeout=TIMEOUT, deadline=DEADLINE, max_retries=RETRIES, backoff=0.01, max_backoff=0.05
+    )
 
 
 @pytest.mark.slow  # ~15 s: many generated replies wait for the deadline on purpose
@@ -128,11 +143,17 @@ def test_a_redirect_stops_with_one_line_and_the_key_stays_home(servers, key_env,
 
 
 run_replies = st.one_of(
-    st.sampled_from([
-        Reply(500, body=b"oops"), Reply(429, {"Retry-After": "0"}, b"{}"), Reply(400, body=b'{"error": {"message": "bad"}}'),
-        Reply(body=b"not json"), Reply(body=completion("Answer: B"), content_length=400),
-        Reply(401, body=json.dumps({"error": f"bad key {KEY}"}).encode()), Reply(302, {"Location": "http://127.0.0.1:9/x"}),
-    ]),
+    st.sampled_from(
+        [
+            Reply(500, body=b"oops"),
+            Reply(429, {"Retry-After": "0"}, b"{}"),
+            Reply(400, body=b'{"error": {"message": "bad"}}'),
+            Reply(body=b"not json"),
+            Reply(body=completion("Answer: B"), content_length=400),
+            Reply(401, body=json.dumps({"error": f"bad key {KEY}"}).encode()),
+            Reply(302, {"Location": "http://127.0.0.1:9/x"}),
+        ]
+    ),
     answer_text.map(lambda t: Reply(body=completion(t))),
 )
 

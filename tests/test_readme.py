@@ -1,4 +1,5 @@
 """The README's quickstart runs as written, from a folder outside the checkout."""
+
 import os
 import re
 from pathlib import Path

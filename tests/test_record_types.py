@@ -3,6 +3,7 @@
 Records are read through `Record` by scoring and every report, and the runner writes through it, so
 the JSON must survive the trip unchanged: any JSON object read and written back gives the same
 line, key order included (old run folders, and keys of other versions, stay as they are)."""
+
 from __future__ import annotations
 
 import json
@@ -20,15 +21,42 @@ FAST = settings(max_examples=150, deadline=None, database=None)
 scalars = st.none() | st.booleans() | st.integers(-5, 5) | st.floats(allow_nan=False) | st.text(max_size=6)
 values = st.recursive(scalars, lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=5), c, max_size=3), max_leaves=8)
 # the keys the record and its sections know, mixed with others, so every path of from_json is taken
-KNOWN = ["qid", "image", "question", "question_type", "correct_answer", "gpt_answer", "response", "options", "setting",
-         "model", "parser", "latency_s", "error", "judge_answer", "judge_response", "judge_error", "circular",
-         "circular_correct", "trace", "templates", "defect_examples", "timings", "retrieval", "expert", "route",
-         "category", "score", "picture", "type", "applied", "answered_by"]
+KNOWN = [
+    "qid",
+    "image",
+    "question",
+    "question_type",
+    "correct_answer",
+    "gpt_answer",
+    "response",
+    "options",
+    "setting",
+    "model",
+    "parser",
+    "latency_s",
+    "error",
+    "judge_answer",
+    "judge_response",
+    "judge_error",
+    "circular",
+    "circular_correct",
+    "trace",
+    "templates",
+    "defect_examples",
+    "timings",
+    "retrieval",
+    "expert",
+    "route",
+    "category",
+    "score",
+    "picture",
+    "type",
+    "applied",
+    "answered_by",
+]
 keys = st.sampled_from(KNOWN) | st.text(max_size=5)
 objects = st.recursive(
-    st.dictionaries(keys, values, max_size=6),
-    lambda c: st.dictionaries(keys, c | values | st.lists(c, max_size=2), max_size=6),
-    max_leaves=12,
+    st.dictionaries(keys, values, max_size=6), lambda c: st.dictionaries(keys, c | values | st.lists(c, max_size=2), max_size=6), max_leaves=12
 )
 
 
@@ -54,7 +82,9 @@ trace_dicts = st.fixed_dictionaries(
         "defect_examples": st.lists(text, max_size=2),
         "timings": st.dictionaries(st.sampled_from(["load_s", "retrieval_s", "expert_s"]), st.floats(0, 9)),
         "retrieval": st.fixed_dictionaries({"mode": st.sampled_from(["oracle", "image"]), "category": st.none() | text, "score": st.floats(0, 1)}),
-        "expert": st.fixed_dictionaries({"name": text, "style": text, "decision": st.none() | st.booleans(), "marked": st.booleans(), "picture": st.none() | text}),
+        "expert": st.fixed_dictionaries(
+            {"name": text, "style": text, "decision": st.none() | st.booleans(), "marked": st.booleans(), "picture": st.none() | text}
+        ),
         "baseline": st.dictionaries(text, scalars, max_size=2),
     },
 )
@@ -63,8 +93,17 @@ trace_dicts = st.fixed_dictionaries(
 @st.composite
 def built_records(draw):
     """Records as the runner builds them: the fixed fields, then what the judge, CircularEval and the boosts add."""
-    r = Record(qid=draw(text.filter(bool)), image=draw(text), question=draw(text), question_type=draw(text),
-               correct_answer=draw(letter), options=draw(options), setting=draw(text), model=draw(text), parser=draw(text))
+    r = Record(
+        qid=draw(text.filter(bool)),
+        image=draw(text),
+        question=draw(text),
+        question_type=draw(text),
+        correct_answer=draw(letter),
+        options=draw(options),
+        setting=draw(text),
+        model=draw(text),
+        parser=draw(text),
+    )
     r.response, r.model_answer = draw(st.none() | text), draw(letter)
     r.judge = draw(st.none() | judgement)
     if draw(st.booleans()):
@@ -80,8 +119,21 @@ def built_records(draw):
 @given(built_records())
 def test_a_built_record_writes_the_runners_key_order_and_is_read_back_equal(r):
     obj = r.to_json()
-    fixed = ["qid", "image", "question", "question_type", "correct_answer", "gpt_answer", "response", "options",
-             "setting", "model", "parser", "latency_s", "error"]  # always written, None or not
+    fixed = [
+        "qid",
+        "image",
+        "question",
+        "question_type",
+        "correct_answer",
+        "gpt_answer",
+        "response",
+        "options",
+        "setting",
+        "model",
+        "parser",
+        "latency_s",
+        "error",
+    ]  # always written, None or not
     added = ["judge_answer", "judge_response", "judge_error", "circular", "circular_correct", "trace"]
     assert list(obj) == fixed + [k for k in added if k in obj]
     line = encode_record(r)
@@ -92,9 +144,15 @@ def test_a_built_record_writes_the_runners_key_order_and_is_read_back_equal(r):
 
 
 def test_the_trace_sections_are_typed():
-    t = Trace.from_json({"templates": ["a"], "retrieval": {"category": "fryum", "true_category": "fryum", "score": 0.9},
-                         "expert": {"name": "patchcore", "marked": True, "picture": "pictures/x.png"}, "route": {"type": "Anomaly Detection"},
-                         "baseline": {"kind": "x"}})
+    t = Trace.from_json(
+        {
+            "templates": ["a"],
+            "retrieval": {"category": "fryum", "true_category": "fryum", "score": 0.9},
+            "expert": {"name": "patchcore", "marked": True, "picture": "pictures/x.png"},
+            "route": {"type": "Anomaly Detection"},
+            "baseline": {"kind": "x"},
+        }
+    )
     assert isinstance(t.retrieval, RetrievalTrace) and t.retrieval.category == t.retrieval.true_category == "fryum"
     assert isinstance(t.expert, ExpertTrace) and t.expert.marked and t.expert.picture == "pictures/x.png"
     assert t.route.question_type == "Anomaly Detection" and t.extra == {"baseline": {"kind": "x"}}
@@ -104,9 +162,19 @@ def test_the_trace_sections_are_typed():
 def test_the_stored_field_types_come_from_the_dataclass():
     assert RECORD_FIELDS == json_field_kinds(Record)
     # the checks of earlier versions are all still made
-    old = {"qid": (str,), "image": (str,), "question_type": (str,), "question": (str, type(None)), "correct_answer": (str, type(None)),
-           "gpt_answer": (str, type(None)), "response": (str, type(None)), "error": (str, type(None)), "options": (dict, type(None)),
-           "trace": (dict, type(None)), "latency_s": (int, float, type(None))}
+    old = {
+        "qid": (str,),
+        "image": (str,),
+        "question_type": (str,),
+        "question": (str, type(None)),
+        "correct_answer": (str, type(None)),
+        "gpt_answer": (str, type(None)),
+        "response": (str, type(None)),
+        "error": (str, type(None)),
+        "options": (dict, type(None)),
+        "trace": (dict, type(None)),
+        "latency_s": (int, float, type(None)),
+    }
     for k, kinds in old.items():
         assert set(RECORD_FIELDS[k]) == set(kinds), k
     assert record_problem({"qid": "a", "circular_correct": "yes"}) == "field 'circular_correct' must be bool or null"
@@ -123,8 +191,16 @@ def test_the_normal_rule_is_mmads_substring_rule(key):
 
 def test_scoring_follows_the_key_rule_even_for_a_misleading_folder_name():
     # "goodness" holds "good": MMAD counts the image normal, so a "Yes" (defect) answer is scored wrong
-    recs = [{"qid": "1", "image": "D/c/test/goodness/1.png", "question_type": "Anomaly Detection", "correct_answer": "A",
-             "gpt_answer": "A", "options": {"A": "No", "B": "Yes"}}]
+    recs = [
+        {
+            "qid": "1",
+            "image": "D/c/test/goodness/1.png",
+            "question_type": "Anomaly Detection",
+            "correct_answer": "A",
+            "gpt_answer": "A",
+            "options": {"A": "No", "B": "Yes"},
+        }
+    ]
     row = score_records(recs).rows["D"]
     assert row["Anomaly Detection"] == 100.0 and row["Overkill"] == 0.0 and row["Miss"] is None
 

@@ -1,5 +1,6 @@
 """The one registry (mmad_boost/registry.py) and its option converter, and what is built through it:
 models, experts, encoders and FAISS index kinds."""
+
 from __future__ import annotations
 
 import json
@@ -13,23 +14,34 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from mmad_boost.errors import MmadError
-from mmad_boost.registry import (
-    FALSE_WORDS, NONE_WORDS, TRUE_WORDS, Registry, convert_option, convert_options, format_option, option_pairs, parse_bool,
-)
+from mmad_boost.registry import FALSE_WORDS, NONE_WORDS, TRUE_WORDS, Registry, convert_option, convert_options, format_option, option_pairs, parse_bool
 
 
-def knobs(flag: bool = False, count: int = 3, rate: float = 0.5, label: str = "x", limit: int | None = None,
-          scale: float | None = 1.0, sizes: list[int] | None = None, where: Path | None = None, anything=None):
+def knobs(
+    flag: bool = False,
+    count: int = 3,
+    rate: float = 0.5,
+    label: str = "x",
+    limit: int | None = None,
+    scale: float | None = 1.0,
+    sizes: list[int] | None = None,
+    where: Path | None = None,
+    anything=None,
+):
     return dict(locals())
 
 
-TYPES = {"flag": bool, "count": int, "rate": float, "label": str, "limit": int | None, "scale": float | None,
-         "sizes": list[int] | None, "where": Path | None}
+TYPES = {"flag": bool, "count": int, "rate": float, "label": str, "limit": int | None, "scale": float | None, "sizes": list[int] | None, "where": Path | None}
 finite = st.floats(allow_nan=False, allow_infinity=False)
 VALUES = {
-    "flag": st.booleans(), "count": st.integers(), "rate": finite, "label": st.text(),
-    "limit": st.none() | st.integers(), "scale": st.none() | finite,
-    "sizes": st.none() | st.lists(st.integers(), max_size=5), "where": st.none() | st.text(min_size=1).filter(lambda t: t.strip().lower() not in NONE_WORDS).map(Path),
+    "flag": st.booleans(),
+    "count": st.integers(),
+    "rate": finite,
+    "label": st.text(),
+    "limit": st.none() | st.integers(),
+    "scale": st.none() | finite,
+    "sizes": st.none() | st.lists(st.integers(), max_size=5),
+    "where": st.none() | st.text(min_size=1).filter(lambda t: t.strip().lower() not in NONE_WORDS).map(Path),
 }
 
 
@@ -170,8 +182,7 @@ def test_expert_fit_cli_refuses_a_bad_option_in_one_line(tmp_path, capsys):
 
 def test_experts_package_imports_no_concrete_expert():
     """The registry's lazy entries broke the base <-> concrete experts import cycle."""
-    code = ("import sys, mmad_boost.experts as e; e.create_expert('gt');"
-            "print(sorted(m for m in sys.modules if m.startswith('mmad_boost.experts.')))")
+    code = "import sys, mmad_boost.experts as e; e.create_expert('gt');print(sorted(m for m in sys.modules if m.startswith('mmad_boost.experts.')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     loaded = eval(out)
     assert "mmad_boost.experts.gt" in loaded

@@ -1,5 +1,6 @@
 """Bad input: every user mistake ends in ONE line `error: <file or field>: what; fix`, exit 2, no
 traceback and no run folder left behind. Odd but valid images (CMYK, 16-bit, grayscale) must work."""
+
 from __future__ import annotations
 
 import json
@@ -59,6 +60,7 @@ def expect_eval_error(capsys, root: Path, tmp_path: Path, *needles: str, extra=(
 
 # -- the question file -------------------------------------------------------------------------
 
+
 def _first_q(data):
     return data[GOOD]["conversation"][0]
 
@@ -73,14 +75,20 @@ QUESTION_FILE_CASES = {
     "conversation-wrong-type": (lambda root: edit_questions(root, lambda d: d[GOOD].update(conversation="Is it ok?")), [GOOD, "'conversation' must be list"]),
     "question-not-object": (lambda root: edit_questions(root, lambda d: d[GOOD]["conversation"].append(3)), [GOOD, "question 2", "must be an object"]),
     "missing-answer": (lambda root: edit_questions(root, lambda d: _first_q(d).pop("Answer")), [GOOD, "question 0", "'Answer'"]),
-    "answer-not-an-option": (lambda root: edit_questions(root, lambda d: _first_q(d).update(Answer="E")), [GOOD, "answer 'E' is not among the options", "fix 'Answer'"]),
+    "answer-not-an-option": (
+        lambda root: edit_questions(root, lambda d: _first_q(d).update(Answer="E")),
+        [GOOD, "answer 'E' is not among the options", "fix 'Answer'"],
+    ),
     "answer-lowercase": (lambda root: edit_questions(root, lambda d: _first_q(d).update(Answer="a")), [GOOD, "answer 'a'"]),
     "options-empty": (lambda root: edit_questions(root, lambda d: _first_q(d).update(Options={})), [GOOD, "'Options' must be a non-empty object"]),
     "option-letter-bad": (lambda root: edit_questions(root, lambda d: _first_q(d).update(Options={"A": "Yes", "F": "No"})), [GOOD, "option 'F'"]),
     "option-text-not-str": (lambda root: edit_questions(root, lambda d: _first_q(d).update(Options={"A": "Yes", "B": 2})), [GOOD, "option 'B'"]),
     "question-not-str": (lambda root: edit_questions(root, lambda d: _first_q(d).update(Question=["x"])), [GOOD, "'Question' must be a string"]),
     "type-missing": (lambda root: edit_questions(root, lambda d: _first_q(d).pop("type")), [GOOD, "'type' must be one of", "Anomaly Detection"]),
-    "type-unknown": (lambda root: edit_questions(root, lambda d: _first_q(d).update(type="Anomaly detection")), [GOOD, "'Anomaly detection'", "Object Details"]),
+    "type-unknown": (
+        lambda root: edit_questions(root, lambda d: _first_q(d).update(type="Anomaly detection")),
+        [GOOD, "'Anomaly detection'", "Object Details"],
+    ),
     "mask-path-wrong-type": (lambda root: edit_questions(root, lambda d: d[BAD].update(mask_path=7)), [BAD, "'mask_path' must be a string"]),
     "templates-wrong-type": (lambda root: edit_questions(root, lambda d: d[GOOD].update(random_templates=TEMPLATE)), [GOOD, "'random_templates' must be list"]),
 }
@@ -108,6 +116,7 @@ def test_missing_question_file_and_data_root(fixture_root, tmp_path, capsys):
 
 
 # -- images ---------------------------------------------------------------------------------------
+
 
 def _truncate(path: Path) -> None:
     data = path.read_bytes()
@@ -181,6 +190,7 @@ def test_odd_image_encodings_work(kind, fixture_root, tmp_path, capsys):
         _save_odd(fixture_root / key, kind)
     edit_questions(fixture_root, lambda d: {k: d[k] for k in (GOOD, BAD)})
     if kind == "cmyk":
+
         def rename(data):
             text = json.dumps(data)
             for key in targets:
@@ -190,10 +200,7 @@ def test_odd_image_encodings_work(kind, fixture_root, tmp_path, capsys):
         edit_questions(fixture_root, rename)
     SEEN_IMAGES.clear()
     out = tmp_path / "run"
-    rc, _, err = run_cli(
-        capsys, "eval", "--data", str(fixture_root), "--model", "python:reliability_support:image_probe", "--out", str(out),
-        "--no-progress",
-    )
+    rc, _, err = run_cli(capsys, "eval", "--data", str(fixture_root), "--model", "python:reliability_support:image_probe", "--out", str(out), "--no-progress")
     assert rc == 0, err
     records = [json.loads(ln) for ln in (out / "records.jsonl").read_text().splitlines()]
     assert len(records) == 6 and all(r["error"] is None for r in records)
@@ -213,6 +220,7 @@ def test_sixteen_bit_keeps_contrast(tmp_path):
 
 
 # -- masks ------------------------------------------------------------------------------------------
+
 
 def _mask_file(root: Path) -> Path:
     bench = Benchmark(root)
@@ -235,7 +243,7 @@ def test_mask_folder_merged_and_empty_folder_refused(fixture_root):
     folder.mkdir()
     for i, box in enumerate([(0, 0, 10, 10), (100, 100, 120, 120)]):
         m = np.zeros((128, 128), np.uint8)
-        m[box[1]:box[3], box[0]:box[2]] = i + 1  # label-valued, as VisA
+        m[box[1] : box[3], box[0] : box[2]] = i + 1  # label-valued, as VisA
         Image.fromarray(m).save(folder / f"{i}.png")
     edit_questions(fixture_root, lambda d: d[BAD].update(mask_path=d[BAD]["mask_path"][: -len(".png")]))
     bench = Benchmark(fixture_root)
@@ -259,6 +267,7 @@ def test_mask_missing_or_unreadable(fixture_root):
 
 
 # -- paths that leave the data root -------------------------------------------------------------
+
 
 def _outside_image(tmp_path: Path) -> Path:
     p = tmp_path / "outside" / "x.png"
@@ -292,6 +301,7 @@ def test_mask_path_cannot_escape(fixture_root):
 
 
 # -- model, setting and option mistakes ---------------------------------------------------------
+
 
 @pytest.mark.parametrize(
     "args, needles",
@@ -328,6 +338,7 @@ def test_out_is_a_file(fixture_root, tmp_path, capsys):
 
 
 # -- run folders --------------------------------------------------------------------------------------
+
 
 def test_run_folder_of_another_configuration(shared_fixture_root, tmp_path, capsys):
     out = tmp_path / "run"

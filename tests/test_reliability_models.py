@@ -1,6 +1,7 @@
 """Failing models and secrets: a real OpenAI-compatible HTTP server on 127.0.0.1 that misbehaves on
 purpose. The run must finish, retried questions succeed, exhausted ones are recorded as errors and
 reported apart, a rerun asks only those, and the API key appears in no output."""
+
 from __future__ import annotations
 
 import hashlib
@@ -138,9 +139,28 @@ def server():
 
 def eval_argv(data: Path, server: FlakyServer, out: Path, *extra: str) -> list[str]:
     return [
-        "eval", "--data", str(data), "--model", "openai:test-vlm", "--base-url", server.url, "--api-key-env", KEY_ENV,
-        "--model-option", "timeout=0.5", "--model-option", "max_retries=2", "--model-option", "backoff=0.02",
-        "--out", str(out), "--no-progress", "--category", "widget", "--no-shuffle", *extra,
+        "eval",
+        "--data",
+        str(data),
+        "--model",
+        "openai:test-vlm",
+        "--base-url",
+        server.url,
+        "--api-key-env",
+        KEY_ENV,
+        "--model-option",
+        "timeout=0.5",
+        "--model-option",
+        "max_retries=2",
+        "--model-option",
+        "backoff=0.02",
+        "--out",
+        str(out),
+        "--no-progress",
+        "--category",
+        "widget",
+        "--no-shuffle",
+        *extra,
     ]
 
 
@@ -150,9 +170,7 @@ def by_plan(server: FlakyServer, records: list[dict]) -> dict[int, dict]:
     return {i: r for i, r in zip(order, records)}
 
 
-def test_failing_server_run_finishes_errors_reported_apart_rerun_retries_only_them(
-    server, shared_fixture_root, tmp_path, capsys, monkeypatch, caplog
-):
+def test_failing_server_run_finishes_errors_reported_apart_rerun_retries_only_them(server, shared_fixture_root, tmp_path, capsys, monkeypatch, caplog):
     monkeypatch.setenv(KEY_ENV, KEY)
     caplog.set_level(logging.DEBUG)
     out = tmp_path / "run"

@@ -1,5 +1,6 @@
 """Bad input for the boosts (knowledge, retrieval stores, experts) and untrusted files: one-line
 errors naming the file or field and the fix; nothing unpickled; nothing left half-written."""
+
 from __future__ import annotations
 
 import ast
@@ -55,7 +56,9 @@ def test_invalid_knowledge_file(case, shared_fixture_root, tmp_path, capsys):
 def test_invalid_mmad_knowledge_json(shared_fixture_root, tmp_path, capsys):
     kf = tmp_path / "domain_knowledge.json"
     kf.write_text('{"MVTec": {"widget": {"good": 3}}}')
-    expect_error(capsys, shared_fixture_root, tmp_path, "domain_knowledge.json", "MVTec/widget must map entry names to texts", extra=["--mmad-knowledge", str(kf)])
+    expect_error(
+        capsys, shared_fixture_root, tmp_path, "domain_knowledge.json", "MVTec/widget must map entry names to texts", extra=["--mmad-knowledge", str(kf)]
+    )
     kf.write_text("{")
     expect_error(capsys, shared_fixture_root, tmp_path, "domain_knowledge.json", "not valid JSON", extra=["--mmad-knowledge", str(kf)])
 
@@ -79,6 +82,7 @@ def test_unknown_category_in_oracle_mode_fails_before_any_answer(fixture_root, t
 
 
 # -- experts --------------------------------------------------------------------------------------------
+
 
 def test_unknown_expert_fails_before_any_answer(shared_fixture_root, tmp_path, capsys):
     expect_error(capsys, shared_fixture_root, tmp_path, "expert 'patchkore' is unknown", "patchcore", extra=["--expert", "patchkore"])

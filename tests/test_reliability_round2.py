@@ -1,5 +1,6 @@
 """Reliability, round two: one regression test per case of issue 16 (the classes themselves are
 proven by the generated inputs of tests/test_properties_*.py)."""
+
 from __future__ import annotations
 
 import errno
@@ -34,11 +35,29 @@ def key_env(monkeypatch):
 
 
 def openai_args(root, out, url, *extra):
-    return ["eval", "--data", root, "--model", "openai:m", "--base-url", url, "--api-key-env", "MMAD_R2_KEY",
-            "--model-option", "max_retries=0", "--model-option", "timeout=2", "--out", out, "--no-progress", *extra]
+    return [
+        "eval",
+        "--data",
+        root,
+        "--model",
+        "openai:m",
+        "--base-url",
+        url,
+        "--api-key-env",
+        "MMAD_R2_KEY",
+        "--model-option",
+        "max_retries=0",
+        "--model-option",
+        "timeout=2",
+        "--out",
+        out,
+        "--no-progress",
+        *extra,
+    ]
 
 
 # -- severe 1: a redirect must not carry the key anywhere --------------------------------------------------
+
 
 @pytest.mark.parametrize("status", [301, 302, 303, 307])
 def test_redirect_is_an_error_and_the_key_stays_home(status, shared_fixture_root, tmp_path, capsys, key_env):
@@ -52,10 +71,23 @@ def test_redirect_is_an_error_and_the_key_stays_home(status, shared_fixture_root
 
 # -- severe 2: one unencodable character must not stop the run -------------------------------------------------
 
+
 def test_lone_surrogate_from_a_python_model_is_recorded_and_scored(shared_fixture_root, tmp_path, capsys):
     mod = python_model_module(tmp_path, "surrogate_model", "def answer(images, text):\n    return 'Answer: A \\ud800 and \\udfff'\n")
-    args = ["eval", "--data", shared_fixture_root, "--model", f"python:{mod}:answer", "--out", tmp_path / "run", "--no-progress", "--limit", 4,
-            "--shard", "1/1"]  # a shard skips the plots (seconds each)
+    args = [
+        "eval",
+        "--data",
+        shared_fixture_root,
+        "--model",
+        f"python:{mod}:answer",
+        "--out",
+        tmp_path / "run",
+        "--no-progress",
+        "--limit",
+        4,
+        "--shard",
+        "1/1",
+    ]  # a shard skips the plots (seconds each)
     rc, _, err = run_cli(capsys, *args)
     assert rc == 0, err
     recs = run_records(tmp_path / "run")
@@ -76,7 +108,7 @@ def test_lone_surrogate_from_the_api_is_recorded(shared_fixture_root, tmp_path, 
 
 # -- a failure while preparing an image ----------------------------------------------------------------------------
 
-FAILING_PREPARE = '''
+FAILING_PREPARE = """
 class Model:
     name = "prep"
     def __init__(self, error="ValueError"):
@@ -89,15 +121,16 @@ class Model:
         return query
     def generate(self, prompt):
         return "A"
-'''
+"""
 
 
 @pytest.mark.parametrize("error", ["ValueError", "KeyError", "RuntimeError", "SystemExit"])
 def test_image_preparation_failure_becomes_error_records(error, shared_fixture_root, tmp_path, capsys):
     mod = python_model_module(tmp_path, f"prep_{error.lower()}", FAILING_PREPARE)
     out = tmp_path / "run"
-    rc, _, err = run_cli(capsys, "eval", "--data", shared_fixture_root, "--model", f"python:{mod}:Model", "--model-option", f"error={error}",
-                         "--out", out, "--no-progress")
+    rc, _, err = run_cli(
+        capsys, "eval", "--data", shared_fixture_root, "--model", f"python:{mod}:Model", "--model-option", f"error={error}", "--out", out, "--no-progress"
+    )
     assert rc == 0 and "Traceback" not in err, err
     recs = read_records(out / "records.jsonl")
     bench = Benchmark(shared_fixture_root)
@@ -108,6 +141,7 @@ def test_image_preparation_failure_becomes_error_records(error, shared_fixture_r
 
 
 # -- pathological responses --------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("text", [" " * 20000, "Answer" + " " * 20000 + "x", "Answer:" + " \n" * 20000 + "x", "word " * 1_000_000, "*" + " * " * 100000])
 def test_parsing_is_linear_and_bounded(text):
@@ -125,6 +159,7 @@ def test_bounded_parsing_keeps_answers_at_either_end():
 
 
 # -- deadlines, Retry-After, scrubbing ------------------------------------------------------------------------------
+
 
 def test_a_trickling_server_meets_the_total_deadline(key_env):
     body = completion("Answer: A " + "x" * 300)
@@ -167,6 +202,7 @@ def test_a_key_echoed_in_an_answer_is_scrubbed_from_records(shared_fixture_root,
 
 
 # -- strict input validation -----------------------------------------------------------------------------------------
+
 
 def _edit(root: Path, change) -> None:
     qf = root / "mmad.json"
@@ -222,7 +258,7 @@ def _corrupt_middle_jpeg() -> bytes:
     data = _image_bytes("JPEG")
     for off in range(20, len(data) // 2):
         bad = bytearray(data)
-        bad[off:off + 4] = b"\xff\xc0\x00\x01"
+        bad[off : off + 4] = b"\xff\xc0\x00\x01"
         try:
             with Image.open(io.BytesIO(bytes(bad))) as im:
                 im.size  # header fine
@@ -238,7 +274,7 @@ def _corrupt_middle_jpeg() -> bytes:
 
 def _zero_middle(data: bytes) -> bytes:
     mid = len(data) // 2
-    return data[:mid] + bytes(64) + data[mid + 64:]
+    return data[:mid] + bytes(64) + data[mid + 64 :]
 
 
 DAMAGED_IMAGES = {
@@ -296,6 +332,7 @@ def test_kb_query_on_a_decompression_bomb(tmp_path, capsys):
 
 
 # -- corrupt run folders -----------------------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def finished_run(shared_fixture_root, tmp_path, capsys):
@@ -360,6 +397,7 @@ def test_score_and_report_on_zero_records(tmp_path, capsys):
 
 
 # -- the disk ---------------------------------------------------------------------------------------------------------------
+
 
 class _FullDisk:
     """Stands in for os.fdopen inside atomic_open: its files fail with ENOSPC once `budget` bytes are written."""
@@ -438,12 +476,30 @@ def test_atomic_writes_leave_the_old_file_on_failure(tmp_path, monkeypatch):
 
 # -- fitted expert folders are untrusted -----------------------------------------------------------------------------
 
+
 def _expert_folder(d: Path, bank=(4, 8)) -> Path:
     d.mkdir(parents=True, exist_ok=True)
     np.save(d / "memory_bank.npy", np.ones(bank, np.float32))
-    meta = {"format": 1, "kind": "patchcore", "config": {"backbone": "efficientnet-lite0", "mode": "full", "size": 64, "coreset_ratio": 0.1,
-            "sigma": 4.0, "foreground": False, "seed": 0, "reweight": False, "topk": 0.0, "knn": 1},
-            "fitted": True, "arrays": ["memory_bank"], "image_threshold": 1.0, "pixel_threshold": 0.5}
+    meta = {
+        "format": 1,
+        "kind": "patchcore",
+        "config": {
+            "backbone": "efficientnet-lite0",
+            "mode": "full",
+            "size": 64,
+            "coreset_ratio": 0.1,
+            "sigma": 4.0,
+            "foreground": False,
+            "seed": 0,
+            "reweight": False,
+            "topk": 0.0,
+            "knn": 1,
+        },
+        "fitted": True,
+        "arrays": ["memory_bank"],
+        "image_threshold": 1.0,
+        "pixel_threshold": 0.5,
+    }
     (d / "expert.json").write_text(json.dumps(meta))
     return d
 
@@ -453,6 +509,7 @@ def _meta_edit(change):
         meta = json.loads((d / "expert.json").read_text())
         change(meta)
         (d / "expert.json").write_text(json.dumps(meta))
+
     return edit
 
 
@@ -468,10 +525,19 @@ EXPERT_CASES = {
     "config key unknown": (_meta_edit(lambda m: m["config"].update(colour=1)), "config key 'colour'"),
     "config type wrong": (_meta_edit(lambda m: m["config"].update(size="big")), "config 'size'"),
     "threshold not a number": (_meta_edit(lambda m: m.update(image_threshold="high")), "'image_threshold'"),
-    "threshold infinite": (lambda d: (d / "expert.json").write_text((d / "expert.json").read_text().replace('"image_threshold": 1.0', '"image_threshold": Infinity')), "'image_threshold'"),
+    "threshold infinite": (
+        lambda d: (d / "expert.json").write_text((d / "expert.json").read_text().replace('"image_threshold": 1.0', '"image_threshold": Infinity')),
+        "'image_threshold'",
+    ),
     "array name leaves the folder": (_meta_edit(lambda m: m.update(arrays=["../../etc/memory_bank"])), "'arrays'"),
-    "array is a link out of the folder": (lambda d: ((d.parent / "outside.npy").write_bytes((d / "memory_bank.npy").read_bytes()),
-                                                     (d / "memory_bank.npy").unlink(), (d / "memory_bank.npy").symlink_to(d.parent / "outside.npy")), "inside the expert folder"),
+    "array is a link out of the folder": (
+        lambda d: (
+            (d.parent / "outside.npy").write_bytes((d / "memory_bank.npy").read_bytes()),
+            (d / "memory_bank.npy").unlink(),
+            (d / "memory_bank.npy").symlink_to(d.parent / "outside.npy"),
+        ),
+        "inside the expert folder",
+    ),
     "header claims 4.7 TiB": (_huge_header, "header claims shape (1000000000, 1280)"),
     "object array": (lambda d: np.save(d / "memory_bank.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True), "memory_bank.npy"),
     "wrong dimensions": (lambda d: np.save(d / "memory_bank.npy", np.ones((2, 2, 2), np.float32)), "expected 2 dimensions"),
@@ -506,6 +572,7 @@ def test_expert_folder_error_through_the_cli(shared_fixture_root, tmp_path, caps
 
 # -- models that misbehave -------------------------------------------------------------------------------------------------
 
+
 def test_a_model_calling_sys_exit_is_recorded_not_a_silent_exit_0(shared_fixture_root, tmp_path, capsys):
     mod = python_model_module(tmp_path, "exiting_model", "import sys\ndef answer(images, text):\n    sys.exit(3)\n")
     out = tmp_path / "run"
@@ -522,6 +589,7 @@ def test_a_module_exiting_at_import_gives_a_message(shared_fixture_root, tmp_pat
 
 
 # -- concurrent shards --------------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("same_settings", [True, False])
 def test_shards_started_together_never_race(same_settings, shared_fixture_root, tmp_path):
@@ -564,8 +632,9 @@ def test_ctrl_c_is_prompt_while_pathological_answers_are_parsed(shared_fixture_r
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tests), str(tests.parent)]), HF_HUB_OFFLINE="1", MPLBACKEND="Agg")
     out = tmp_path / "run"
     argv = ["eval", "--data", shared_fixture_root, "--model", "python:reliability2_support:pathological", "--out", out, "--no-progress", "--workers", "2"]
-    proc = subprocess.Popen([sys.executable, "-m", "mmad_boost.cli", *map(str, argv)], cwd=tests.parent, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mmad_boost.cli", *map(str, argv)], cwd=tests.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     rec = out / "records.jsonl"
     end = time.monotonic() + 60
     while (not rec.exists() or rec.read_bytes().count(b"\n") < 2) and proc.poll() is None and time.monotonic() < end:

@@ -1,5 +1,6 @@
 """Expert pictures against known answers on synthetic maps (protocol §7), and faithful pictures
 against tests/mmad_drawing_reference.py, a separate plain reading of §7: zero differing pixels."""
+
 import cv2
 import matplotlib
 import numpy as np
@@ -157,7 +158,7 @@ def smooth_map(w, h, floor, seed):
     rng = np.random.default_rng(seed)
     m = cv2.GaussianBlur(rng.random((h, w)).astype(np.float32), (0, 0), max(w, h) / 25)
     m = (m - m.min()) / (m.max() - m.min())
-    return (floor + m ** 3).astype(np.float32)  # a positive floor, as PatchCore's distances have
+    return (floor + m**3).astype(np.float32)  # a positive floor, as PatchCore's distances have
 
 
 def assert_faithful(image, amap, styles=MODEL_STYLES, **kw):
@@ -246,8 +247,9 @@ def test_exactly_half_above_keeps_the_two_thirds_threshold():
     assert render(gray(10, 10), m, "bbox").boxes == [(0, 0, 9, 4)]
 
 
-@pytest.mark.parametrize("size,map_size", [((1000, 701), (250, 175)), ((333, 1001), (224, 224)), ((2048, 97), (512, 24)),
-                                           ((640, 480), (640, 480)), ((300, 200), (75, 50))])
+@pytest.mark.parametrize(
+    "size,map_size", [((1000, 701), (250, 175)), ((333, 1001), (224, 224)), ((2048, 97), (512, 24)), ((640, 480), (640, 480)), ((300, 200), (75, 50))]
+)
 def test_over_512_and_odd_aspect_ratios_equal_the_reference(size, map_size):
     image = noise_image(*size)
     w, h = size
@@ -277,7 +279,7 @@ def test_ground_truth_pictures_equal_the_reference(values):
     rng = np.random.default_rng(len(values))
     mask = np.zeros((700, 900), np.uint8)
     for k, (y, x) in enumerate(rng.integers(20, 640, (6, 2))):  # six blobs: bbox merges down to 3
-        mask[y:y + 25 + 5 * k, x:x + 30] = values[1 + k % (len(values) - 1)]
+        mask[y : y + 25 + 5 * k, x : x + 30] = values[1 + k % (len(values) - 1)]
     mask[300:302, 450:452] = values[-1]  # 4 px: kept, no area filter for ground truth
     image = noise_image(900, 700, seed=2)
     from mmad_boost.experts import create_expert
@@ -359,8 +361,15 @@ from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E
 
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(w=st.integers(8, 1400), h=st.integers(8, 1400), mw=st.integers(4, 300), mh=st.integers(4, 300),
-       floor=st.floats(0.0, 50.0), seed=st.integers(0, 2**16), nearest=st.booleans())
+@given(
+    w=st.integers(8, 1400),
+    h=st.integers(8, 1400),
+    mw=st.integers(4, 300),
+    mh=st.integers(4, 300),
+    floor=st.floats(0.0, 50.0),
+    seed=st.integers(0, 2**16),
+    nearest=st.booleans(),
+)
 def test_any_size_any_floor_equals_the_reference(w, h, mw, mh, floor, seed, nearest):
     image = noise_image(w, h, seed=seed)
     amap = smooth_map(mw, mh, floor=floor, seed=seed)

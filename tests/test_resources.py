@@ -2,6 +2,7 @@
 
 The built wheel itself is checked from outside the checkout by scripts/check_wheel.sh (CI).
 """
+
 import os
 import re
 import subprocess
@@ -91,8 +92,13 @@ def test_sample_benchmark_built_once_into_the_cache(monkeypatch, tmp_path):
     env = {**os.environ, "MMAD_BOOST_CACHE_DIR": "0"}
     out = subprocess.run([sys.executable, "-m", "mmad_boost.sample", "benchmark"], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 2 and out.stderr.startswith("error: disk caches are off")
-    out = subprocess.run([sys.executable, "-m", "mmad_boost.sample", "benchmark"], capture_output=True, text=True,
-                         env={**os.environ, "MMAD_BOOST_CACHE_DIR": str(tmp_path / "cache")}, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "mmad_boost.sample", "benchmark"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "MMAD_BOOST_CACHE_DIR": str(tmp_path / "cache")},
+        timeout=120,
+    )
     assert out.returncode == 0 and out.stdout.strip() == str(root)
 
 

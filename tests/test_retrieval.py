@@ -1,4 +1,5 @@
 """Image/text retrieval over real VisA images with real EfficientNet-Lite0 / MiniLM weights, stores, CLI."""
+
 import csv
 import json
 import os
@@ -47,10 +48,20 @@ def visa_root(tmp_path_factory):
                 key = f"VisA/{cat}/test/{folder}/{os.path.basename(r['image'])}"
                 _copy(VISA / r["image"], root / key)
                 data[key] = {
-                    "image_path": key, "mask_path": "", "base_folder": cat,
-                    "conversation": [{"Question": "Is there any defect in the object?", "Options": {"A": "Yes", "B": "No"},
-                                      "Answer": "B" if folder == "good" else "A", "type": "Anomaly Detection", "annotation": True}],
-                    "similar_templates": [], "random_templates": [],
+                    "image_path": key,
+                    "mask_path": "",
+                    "base_folder": cat,
+                    "conversation": [
+                        {
+                            "Question": "Is there any defect in the object?",
+                            "Options": {"A": "Yes", "B": "No"},
+                            "Answer": "B" if folder == "good" else "A",
+                            "type": "Anomaly Detection",
+                            "annotation": True,
+                        }
+                    ],
+                    "similar_templates": [],
+                    "random_templates": [],
                 }
     (root / "mmad.json").write_text(json.dumps(data))
     return root

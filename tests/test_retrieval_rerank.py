@@ -1,5 +1,6 @@
 """Re-ranking, calibrated unknown, chosen references and 1-shot+ templates, on the bundled sample
 with the real EfficientNet-Lite0 weights (retrieval/rerank.py, calibration.py, templates.py)."""
+
 import json
 import shutil
 import sys
@@ -159,8 +160,9 @@ def test_one_shot_plus_templates_from_train_good_when_the_file_has_none(tmp_path
     query.crop((10, 6, w, h)).resize((256, 171)).save(root / "VisA/fryum/test/good/q.png")  # photo 2, shifted
     key = "VisA/fryum/test/good/q.png"
     conv = [{"Question": "Is there any defect?", "Options": {"A": "Yes", "B": "No"}, "Answer": "B", "type": "Anomaly Detection", "annotation": True}]
-    (root / "mmad.json").write_text(json.dumps({key: {"image_path": key, "mask_path": "", "base_folder": "fryum", "conversation": conv,
-                                                      "similar_templates": [], "random_templates": []}}))
+    (root / "mmad.json").write_text(
+        json.dumps({key: {"image_path": key, "mask_path": "", "base_folder": "fryum", "conversation": conv, "similar_templates": [], "random_templates": []}})
+    )
     bench = Benchmark(root)
     sample = bench.samples[0]
     setting = parse_setting("1-shot+")

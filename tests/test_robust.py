@@ -1,4 +1,5 @@
 """--circular (CircularEval) and --judge, end to end against real local OpenAI-compatible HTTP servers."""
+
 from __future__ import annotations
 
 import json
@@ -16,13 +17,16 @@ from test_adapters_openai import Server, completion  # the project's local chat-
 
 def _options(body) -> dict[str, str]:
     """The lettered options at the end of the last text part of a chat request."""
-    text = [c["text"] for c in body["messages"][-1]["content"] if c["type"] == "text"][-1] if isinstance(body["messages"][-1]["content"], list) else body["messages"][-1]["content"]
+    text = (
+        [c["text"] for c in body["messages"][-1]["content"] if c["type"] == "text"][-1]
+        if isinstance(body["messages"][-1]["content"], list)
+        else body["messages"][-1]["content"]
+    )
     return dict(re.findall(r"^([A-E])\. (.*)$", text, re.M))
 
 
 def _eval(root, out, url, *extra):
-    return main(["eval", "--data", str(root), "--model", "openai:vlm", "--base-url", url, "--api-key-env", "none",
-                 "--no-progress", "--out", str(out), *extra])
+    return main(["eval", "--data", str(root), "--model", "openai:vlm", "--base-url", url, "--api-key-env", "none", "--no-progress", "--out", str(out), *extra])
 
 
 def test_rotations_move_every_text_through_every_letter():
@@ -77,6 +81,7 @@ def test_judge_reads_what_the_parser_cannot(fixture_root, tmp_path, server):
     server.reply = lambda body, n: (200, {}, completion("Hard to say; it looks like the second one to me."))
     judge = Server()
     try:
+
         def judge_reply(body, n):
             text = body["messages"][-1]["content"]
             text = text if isinstance(text, str) else " ".join(c.get("text", "") for c in text)
@@ -85,8 +90,22 @@ def test_judge_reads_what_the_parser_cannot(fixture_root, tmp_path, server):
 
         judge.reply = judge_reply
         out = tmp_path / "judged"
-        assert _eval(fixture_root, out, server.url, "--type", "Anomaly Detection",
-                     "--judge", "openai:judge", "--judge-option", f"base_url={judge.url}", "--judge-option", "api_key_env=none") == 0
+        assert (
+            _eval(
+                fixture_root,
+                out,
+                server.url,
+                "--type",
+                "Anomaly Detection",
+                "--judge",
+                "openai:judge",
+                "--judge-option",
+                f"base_url={judge.url}",
+                "--judge-option",
+                "api_key_env=none",
+            )
+            == 0
+        )
     finally:
         judge.close()
     records = run_records(out)
@@ -109,9 +128,24 @@ def test_a_failing_judge_keeps_the_answer_and_says_why(fixture_root, tmp_path, s
     judge.reply = lambda body, n: (400, {}, b'{"error": {"message": "bad judge"}}')
     try:
         out = tmp_path / "judge-fails"
-        assert _eval(fixture_root, out, server.url, "--type", "Anomaly Detection", "--judge", "openai:judge",
-                     "--judge-option", f"base_url={judge.url}", "--judge-option", "api_key_env=none",
-                     "--judge-option", "max_retries=0") == 0
+        assert (
+            _eval(
+                fixture_root,
+                out,
+                server.url,
+                "--type",
+                "Anomaly Detection",
+                "--judge",
+                "openai:judge",
+                "--judge-option",
+                f"base_url={judge.url}",
+                "--judge-option",
+                "api_key_env=none",
+                "--judge-option",
+                "max_retries=0",
+            )
+            == 0
+        )
     finally:
         judge.close()
     records = run_records(out)
@@ -119,8 +153,9 @@ def test_a_failing_judge_keeps_the_answer_and_says_why(fixture_root, tmp_path, s
 
 
 def test_judge_option_without_judge_is_refused(fixture_root, tmp_path, capsys):
-    assert main(["eval", "--data", str(fixture_root), "--model", "baseline:random", "--judge-option", "a=b",
-                 "--no-progress", "--out", str(tmp_path / "x")]) == 2
+    assert (
+        main(["eval", "--data", str(fixture_root), "--model", "baseline:random", "--judge-option", "a=b", "--no-progress", "--out", str(tmp_path / "x")]) == 2
+    )
     assert "--judge-option needs --judge" in capsys.readouterr().err
 
 

@@ -1,4 +1,5 @@
 """Routing (per question type, which boosts apply), the tuner's dev/test split and its choice rule."""
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,6 @@ description = "A bright rectangle on the {cat}."
 """
 
 
-
-
 @pytest.fixture
 def kb(tmp_path):
     folder = tmp_path / "kb"
@@ -38,8 +37,10 @@ def kb(tmp_path):
 
 
 def test_route_file_round_trip_and_lookup(tmp_path):
-    route = Route({"anomaly": Choice(knowledge=False, expert=True), "Object Analysis": Choice(expert=False, templates=False)},
-                  default=Choice(knowledge=True, expert=False))
+    route = Route(
+        {"anomaly": Choice(knowledge=False, expert=True), "Object Analysis": Choice(expert=False, templates=False)},
+        default=Choice(knowledge=True, expert=False),
+    )
     path = tmp_path / "route.toml"
     path.write_text(route_toml(route, header=["a comment"], tuning={"rule": "x", "Anomaly Detection": {"chosen": "expert", "dev none": 50.0}}))
     back = Route.load(path)
@@ -49,15 +50,18 @@ def test_route_file_round_trip_and_lookup(tmp_path):
     assert back.choice("Defect Classification") == back.choice(None) == Choice(knowledge=True, expert=False)  # default
 
 
-@pytest.mark.parametrize("text, needle", [
-    ("[types.\"Anomaly Detection\"]\nknowledge = 1\n", "knowledge: give true or false"),
-    ("[types.\"Anomaly Detection\"]\nexpert = \"pictures\"\n", "expert: give true, false"),
-    ("[types.\"Anomaly Detection\"]\ncolour = true\n", "unknown field(s) colour"),
-    ("[types.\"Not A Type\"]\nexpert = true\n", "unknown question type"),
-    ("[types.anomaly]\nexpert = true\n[types.\"Anomaly Detection\"]\nexpert = false\n", "listed twice"),
-    ("[route]\n", "unknown field(s) route"),
-    ("knowledge = [", "not valid TOML"),
-])
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ('[types."Anomaly Detection"]\nknowledge = 1\n', "knowledge: give true or false"),
+        ('[types."Anomaly Detection"]\nexpert = "pictures"\n', "expert: give true, false"),
+        ('[types."Anomaly Detection"]\ncolour = true\n', "unknown field(s) colour"),
+        ('[types."Not A Type"]\nexpert = true\n', "unknown question type"),
+        ('[types.anomaly]\nexpert = true\n[types."Anomaly Detection"]\nexpert = false\n', "listed twice"),
+        ("[route]\n", "unknown field(s) route"),
+        ("knowledge = [", "not valid TOML"),
+    ],
+)
 def test_bad_route_files_name_the_file_and_field(tmp_path, text, needle):
     path = tmp_path / "bad.toml"
     path.write_text(text)
@@ -111,14 +115,35 @@ def test_eval_route_flag(fixture_root, kb, tmp_path, capsys):
     route = tmp_path / "route.toml"
     route.write_text('[types."Anomaly Detection"]\nexpert = false\n')
     out = tmp_path / "run"
-    assert main(["eval", "--data", str(fixture_root), "--model", "baseline:random", "--expert", "gt", "--route", str(route), "--no-progress", "--out", str(out)]) == 0
+    assert (
+        main(["eval", "--data", str(fixture_root), "--model", "baseline:random", "--expert", "gt", "--route", str(route), "--no-progress", "--out", str(out)])
+        == 0
+    )
     for r in run_records(out):
         assert ("expert picture" in r["trace"]["route"]["applied"]) == (r["question_type"] != "Anomaly Detection")
     assert main(["eval", "--data", str(fixture_root), "--model", "baseline:random", "--route", str(route), "--no-progress", "--out", str(tmp_path / "x")]) == 2
     assert "--route needs the boosts" in capsys.readouterr().err
     bad = tmp_path / "bad.toml"
     bad.write_text('[types."Anomaly Detection"]\nexpert = "maybe"\n')
-    assert main(["eval", "--data", str(fixture_root), "--model", "baseline:random", "--expert", "gt", "--route", str(bad), "--no-progress", "--out", str(tmp_path / "y")]) == 2
+    assert (
+        main(
+            [
+                "eval",
+                "--data",
+                str(fixture_root),
+                "--model",
+                "baseline:random",
+                "--expert",
+                "gt",
+                "--route",
+                str(bad),
+                "--no-progress",
+                "--out",
+                str(tmp_path / "y"),
+            ]
+        )
+        == 2
+    )
     assert str(bad) in capsys.readouterr().err
 
 
@@ -129,8 +154,11 @@ class _S:
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["A", "B"]), st.sampled_from(["x", "y"]), st.booleans(), st.integers(0, 50)), min_size=1, max_size=60),
-       st.floats(0.05, 0.95), st.integers(0, 10**6))
+@given(
+    st.lists(st.tuples(st.sampled_from(["A", "B"]), st.sampled_from(["x", "y"]), st.booleans(), st.integers(0, 50)), min_size=1, max_size=60),
+    st.floats(0.05, 0.95),
+    st.integers(0, 10**6),
+)
 def test_split_has_no_image_on_both_sides(specs, fraction, seed):
     samples = [_S(f"{d}/{c}/test/{'good' if n else 'bad'}/{i:03d}.png") for d, c, n, i in specs]
     dev, test = split_images(samples, fraction, seed)
@@ -190,14 +218,30 @@ def _two_level_dev(n: int = 40) -> dict:
     half, even = range(n // 2), range(0, n, 2)
     per_type = {  # (none, knowledge, expert, knowledge+expert); the boosts' effects add up
         "Object Classification": (_flips(n, even), _flips(n, range(n)), _flips(n, even), _flips(n, range(n))),
-        "Defect Localization": (_flips(n, half), _flips(n, half, lose=range(10)), _flips(n, half, gain=range(20, 30)),
-                                _flips(n, half, lose=range(10), gain=range(20, 30))),
-        "Defect Classification": (_flips(n, half), _flips(n, half, lose=range(4), gain=(20, 21)), _flips(n, half),
-                                  _flips(n, half, lose=range(4), gain=(20, 21))),
-        "Defect Description": (_flips(n, half), _flips(n, half), _flips(n, half, lose=range(10), gain=range(20, 24)),
-                               _flips(n, half, lose=range(10), gain=range(20, 24))),
-        "Defect Analysis": (_flips(n, half), _flips(n, half), _flips(n, half, lose=range(9), gain=range(20, 24)),
-                            _flips(n, half, lose=range(9), gain=range(20, 24))),
+        "Defect Localization": (
+            _flips(n, half),
+            _flips(n, half, lose=range(10)),
+            _flips(n, half, gain=range(20, 30)),
+            _flips(n, half, lose=range(10), gain=range(20, 30)),
+        ),
+        "Defect Classification": (
+            _flips(n, half),
+            _flips(n, half, lose=range(4), gain=(20, 21)),
+            _flips(n, half),
+            _flips(n, half, lose=range(4), gain=(20, 21)),
+        ),
+        "Defect Description": (
+            _flips(n, half),
+            _flips(n, half),
+            _flips(n, half, lose=range(10), gain=range(20, 24)),
+            _flips(n, half, lose=range(10), gain=range(20, 24)),
+        ),
+        "Defect Analysis": (
+            _flips(n, half),
+            _flips(n, half),
+            _flips(n, half, lose=range(9), gain=range(20, 24)),
+            _flips(n, half, lose=range(9), gain=range(20, 24)),
+        ),
     }
     names = [(), ("knowledge",), ("expert",), ("knowledge", "expert")]
     return {c: _records({t: v[i] for t, v in per_type.items()}, n) for i, c in enumerate(names)}
@@ -258,8 +302,26 @@ def test_two_level_every_deviation_has_an_interval_excluding_zero(data):
 
 def test_tune_cli_splits_chooses_on_dev_reports_on_test_and_reuses_answers(fixture_root, kb, tmp_path, capsys):
     route = tmp_path / "route.toml"
-    args = ["tune", "--data", str(fixture_root), "--model", "baseline:random", "--kb", str(kb), "--expert", "gt",
-            "--dev-fraction", "0.5", "--seed", "3", "--n-boot", "200", "--no-progress", "--out", str(route)]
+    args = [
+        "tune",
+        "--data",
+        str(fixture_root),
+        "--model",
+        "baseline:random",
+        "--kb",
+        str(kb),
+        "--expert",
+        "gt",
+        "--dev-fraction",
+        "0.5",
+        "--seed",
+        "3",
+        "--n-boot",
+        "200",
+        "--no-progress",
+        "--out",
+        str(route),
+    ]
     assert main(args) == 0
     cap = capsys.readouterr()
     assert "at most" in cap.err and "model calls" in cap.err  # said before anything is asked
@@ -288,8 +350,28 @@ def test_tune_cli_splits_chooses_on_dev_reports_on_test_and_reuses_answers(fixtu
     assert main(args) == 0
     assert "made 0 model calls" in capsys.readouterr().err
     # the route works with eval and the boosts it was tuned with
-    assert main(["eval", "--data", str(fixture_root), "--model", "baseline:random", "--rag", "--kb", str(kb), "--expert", "gt",
-                 "--route", str(route), "--no-progress", "--out", str(tmp_path / "routed")]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--data",
+                str(fixture_root),
+                "--model",
+                "baseline:random",
+                "--rag",
+                "--kb",
+                str(kb),
+                "--expert",
+                "gt",
+                "--route",
+                str(route),
+                "--no-progress",
+                "--out",
+                str(tmp_path / "routed"),
+            ]
+        )
+        == 0
+    )
 
 
 def test_tune_refuses_bad_input(fixture_root, tmp_path, capsys):
@@ -302,11 +384,21 @@ def test_tune_refuses_bad_input(fixture_root, tmp_path, capsys):
     assert "nothing to choose" in capsys.readouterr().err
 
 
-_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=12)
-                       | st.sampled_from(["picture", "text", "both", "anomaly", "Anomaly Detection", "Object Analysis"]),
-                       lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
-                           st.sampled_from(["knowledge", "expert", "templates", "types", "default", "tuning", "anomaly", "x"]) | st.text(max_size=8),
-                           inner, max_size=4), max_leaves=12)
+_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False)
+    | st.text(max_size=12)
+    | st.sampled_from(["picture", "text", "both", "anomaly", "Anomaly Detection", "Object Analysis"]),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(
+            st.sampled_from(["knowledge", "expert", "templates", "types", "default", "tuning", "anomaly", "x"]) | st.text(max_size=8), inner, max_size=4
+        )
+    ),
+    max_leaves=12,
+)
 
 
 @settings(max_examples=300, deadline=None)

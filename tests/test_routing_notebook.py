@@ -1,4 +1,5 @@
 """04_routing.ipynb: matches its generator (tests/test_notebooks.py), is committed executed, and runs offline."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,5 @@
 """The run loop is written once (running/loop.py) and parameterised by an executor."""
+
 import ast
 from pathlib import Path
 
@@ -12,8 +13,6 @@ from mmad_boost.running.runner import Runner
 from test_distributed import CountingModel  # the one per-image counting model
 
 RUNNING = Path(__file__).resolve().parents[1] / "mmad_boost" / "running"
-
-
 
 
 class ImageExecutor:

@@ -100,8 +100,15 @@ def test_random_baseline_is_near_chance(tmp_path):
     qs = {}
     for i in range(300):
         key = f"MVTec-AD/c/test/{'good' if i % 2 else 'bad'}/{i}.png"
-        conv = [{"Question": "Is there any defect in the object?", "Options": {"A": "Yes", "B": "No"}, "Answer": "B" if i % 2 else "A", "type": "Anomaly Detection"},
-                {"Question": f"Which object {i}?", "Options": {"A": "a", "B": "b", "C": "c", "D": "d"}, "Answer": "A", "type": "Object Classification"}]
+        conv = [
+            {
+                "Question": "Is there any defect in the object?",
+                "Options": {"A": "Yes", "B": "No"},
+                "Answer": "B" if i % 2 else "A",
+                "type": "Anomaly Detection",
+            },
+            {"Question": f"Which object {i}?", "Options": {"A": "a", "B": "b", "C": "c", "D": "d"}, "Answer": "A", "type": "Object Classification"},
+        ]
         qs[key] = {"conversation": conv, "random_templates": []}
     root = tmp_path / "d"
     (root / "MVTec-AD/c/test/good").mkdir(parents=True)
@@ -123,7 +130,9 @@ def test_cli_eval_and_score_write_outputs(shared_fixture_root, tmp_path, capsys)
     capsys.readouterr()
     assert main(["score", str(out), "--format", "csv"]) == 0
     csv = capsys.readouterr().out
-    assert csv.splitlines()[0].startswith(",Anomaly Detection,Defect Classification,Defect Localization,Defect Description,Defect Analysis,Object Classification,Object Analysis,Average")
+    assert csv.splitlines()[0].startswith(
+        ",Anomaly Detection,Defect Classification,Defect Localization,Defect Description,Defect Analysis,Object Classification,Object Analysis,Average"
+    )
     assert csv.splitlines()[-1].startswith("Average,")
     # absent subtasks are empty, not zero
     assert ",," in csv.splitlines()[1]

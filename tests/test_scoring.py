@@ -1,4 +1,5 @@
 """Scoring against MMAD's published rules (protocol §6), on hand-computed cases and random record sets."""
+
 import random
 from collections import defaultdict
 
@@ -106,7 +107,16 @@ def mmad_reference(records):
 @pytest.mark.parametrize("seed", range(20))
 def test_agrees_with_reference_loop_on_random_record_sets(seed):
     rng = random.Random(seed)
-    types = ["Anomaly Detection", "Defect Classification", "Defect Localization", "Defect Description", "Defect Analysis", "Object Classification", "Object Structure", "Object Details"]
+    types = [
+        "Anomaly Detection",
+        "Defect Classification",
+        "Defect Localization",
+        "Defect Description",
+        "Defect Analysis",
+        "Object Classification",
+        "Object Structure",
+        "Object Details",
+    ]
     rs = []
     for ds in ("MVTec-AD", "VisA", "GoodsAD"):
         for i in range(rng.randint(30, 80)):

@@ -1,4 +1,5 @@
 """Bootstrap intervals (mmad_boost.reporting.uncertainty) on seeded synthetic records with known accuracy."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -27,8 +28,16 @@ def synthetic(rng, n_images=120, datasets=("D1", "D2"), p_normal=0.7, p_abnormal
                 qs += [(t, a_other) for t in TYPES]
             for j, (t, a) in enumerate(qs):
                 right = rng.random() < a
-                records.append({"qid": f"{key}#{j}", "image": key, "question_type": t, "correct_answer": "A",
-                                "gpt_answer": "A" if right else "B", "options": {"A": "Yes", "B": "No"}})
+                records.append(
+                    {
+                        "qid": f"{key}#{j}",
+                        "image": key,
+                        "question_type": t,
+                        "correct_answer": "A",
+                        "gpt_answer": "A" if right else "B",
+                        "options": {"A": "Yes", "B": "No"},
+                    }
+                )
     truth = {"Anomaly Detection": 100 * (p_normal + p_abnormal) / 2, "Overkill": 100 * (1 - p_normal), "Miss": 100 * (1 - p_abnormal)}
     for subtask in SUBTASKS[1:]:
         truth[subtask] = 100 * p_other
@@ -160,13 +169,16 @@ from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 _TYPES = SUBTASKS + ("Object Structure", "Object Details", "Something Else")
-_record = st.fixed_dictionaries({
-    "image": st.builds(lambda d, kind, i: f"{d}/c/test/{kind}/{i}.png", st.sampled_from(["D1", "D2", "D3"]),
-                       st.sampled_from(["good", "bad"]), st.integers(0, 6)),
-    "question_type": st.sampled_from(_TYPES),
-    "correct_answer": st.sampled_from(["A", "B", "C", None, "x"]),
-    "gpt_answer": st.sampled_from(["A", "B", "C", None, "", "Z"]),
-})
+_record = st.fixed_dictionaries(
+    {
+        "image": st.builds(
+            lambda d, kind, i: f"{d}/c/test/{kind}/{i}.png", st.sampled_from(["D1", "D2", "D3"]), st.sampled_from(["good", "bad"]), st.integers(0, 6)
+        ),
+        "question_type": st.sampled_from(_TYPES),
+        "correct_answer": st.sampled_from(["A", "B", "C", None, "x"]),
+        "gpt_answer": st.sampled_from(["A", "B", "C", None, "", "Z"]),
+    }
+)
 
 
 @settings(max_examples=60, deadline=None)

@@ -1,5 +1,6 @@
 """What a new user meets first: python: model identity, run folders left clean, --limit's sample,
 n/a in the plots, progress that says what it does and stays quiet under --no-progress."""
+
 from __future__ import annotations
 
 import json
@@ -17,7 +18,7 @@ def _eval(root, out, *extra):
 
 
 # -- python: models ----------------------------------------------------------------
-MODULE = '''
+MODULE = """
 def answer(images, text):
     return "Answer: {letter}"
 
@@ -28,7 +29,7 @@ class Fixed:
 
     def generate(self, prompt):
         return "Answer: " + self.letter
-'''
+"""
 
 
 def _write_module(tmp_path, name, letter):
@@ -97,7 +98,8 @@ def test_a_model_without_room_for_attributes_is_wrapped(tmp_path, monkeypatch):
     from mmad_boost.models import create_model
     from mmad_boost.models.base import model_config
 
-    (tmp_path / "user_slots_model.py").write_text(textwrap.dedent('''
+    (tmp_path / "user_slots_model.py").write_text(
+        textwrap.dedent("""
         class Tight:
             __slots__ = ("letter",)
 
@@ -110,7 +112,8 @@ def test_a_model_without_room_for_attributes_is_wrapped(tmp_path, monkeypatch):
             def prepare(self, query):
                 query.trace["tight"] = True
                 return query
-    '''))
+    """)
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     model = create_model("python:user_slots_model:Tight", letter="D")
     assert model.generate(None) == "Answer: D"
@@ -169,9 +172,15 @@ def _two_dataset_bench(root):
         for cat in cats:
             for label, n in (("good", 6), ("crack", 3)):
                 for i in range(n):
-                    conv = [{"Question": "Is there any defect in the object?", "Options": {"A": "Yes", "B": "No"},
-                             "Answer": "B" if label == "good" else "A", "type": "Anomaly Detection"},
-                            {"Question": "What is it?", "Options": {"A": cat, "B": "pcb"}, "Answer": "A", "type": "Object Classification"}]
+                    conv = [
+                        {
+                            "Question": "Is there any defect in the object?",
+                            "Options": {"A": "Yes", "B": "No"},
+                            "Answer": "B" if label == "good" else "A",
+                            "type": "Anomaly Detection",
+                        },
+                        {"Question": "What is it?", "Options": {"A": cat, "B": "pcb"}, "Answer": "A", "type": "Object Classification"},
+                    ]
                     if label != "good":
                         conv.append({"Question": "Which defect?", "Options": {"A": "crack", "B": "stain"}, "Answer": "A", "type": "Defect Classification"})
                     data[f"{ds}/{cat}/test/{label}/{i:03d}.png"] = {"conversation": conv}
@@ -220,8 +229,17 @@ def _scores_without(subtask_missing: str):
         if qtype == subtask_missing:
             continue
         for j in range(4):
-            recs.append({"qid": f"VisA/fryum/test/bad/{j}.png#{i}", "image": f"VisA/fryum/test/bad/{j}.png", "question_type": qtype,
-                         "correct_answer": "A", "gpt_answer": "A" if j % 2 else "B", "error": None, "options": {"A": "Yes", "B": "No"}})
+            recs.append(
+                {
+                    "qid": f"VisA/fryum/test/bad/{j}.png#{i}",
+                    "image": f"VisA/fryum/test/bad/{j}.png",
+                    "question_type": qtype,
+                    "correct_answer": "A",
+                    "gpt_answer": "A" if j % 2 else "B",
+                    "error": None,
+                    "options": {"A": "Yes", "B": "No"},
+                }
+            )
     return score_records(recs)
 
 
@@ -322,8 +340,19 @@ def test_comparison_bars_say_na_for_missing_subtasks(tmp_path):
         for i, qtype in enumerate(qtypes):
             for j in range(4):
                 key = f"VisA/fryum/test/{'good' if j < 2 else 'bad'}/{j}.png"
-                lines.append(json.dumps({"qid": f"{key}#{i}", "image": key, "question_type": qtype, "correct_answer": "A",
-                                         "gpt_answer": "A" if j % 2 else "B", "error": None, "options": {"A": "Yes", "B": "No"}}))
+                lines.append(
+                    json.dumps(
+                        {
+                            "qid": f"{key}#{i}",
+                            "image": key,
+                            "question_type": qtype,
+                            "correct_answer": "A",
+                            "gpt_answer": "A" if j % 2 else "B",
+                            "error": None,
+                            "options": {"A": "Yes", "B": "No"},
+                        }
+                    )
+                )
         (d / "records.jsonl").write_text("\n".join(lines) + "\n")
         return d
 

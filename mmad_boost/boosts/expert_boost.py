@@ -5,6 +5,7 @@ saved in the run folder so reports can show it.
 faithful mode draws as MMAD did (every image gets a mark); calibrated mode draws only what the
 expert believes (nothing on images it judges normal).
 """
+
 from __future__ import annotations
 
 import time
@@ -33,17 +34,27 @@ def check_evidence(evidence: str, calibrated: bool) -> str:
 
 
 class ExpertBoost:
-    def __init__(self, provider, *, viz: str = "bbox", calibrated: bool = False, evidence: str = "picture",
-                 options: dict | None = None, false_marks: float | None = None, cache_dir: Path | None = None,
-                 save_pictures: bool = True):
+    def __init__(
+        self,
+        provider,
+        *,
+        viz: str = "bbox",
+        calibrated: bool = False,
+        evidence: str = "picture",
+        options: dict | None = None,
+        false_marks: float | None = None,
+        cache_dir: Path | None = None,
+        save_pictures: bool = True,
+    ):
         self.provider, self.viz, self.calibrated = provider, check_viz(viz), bool(calibrated)
         self.evidence = check_evidence(evidence, calibrated)
         self.options, self.false_marks = dict(options or {}), false_marks
         self.cache_dir, self.save_pictures = cache_dir, save_pictures
 
     @classmethod
-    def make(cls, expert, options: dict | None, calibrated: bool, holdout: float | None, false_marks: float | None,
-             cache_dir, **drawing) -> "ExpertBoost | None":
+    def make(
+        cls, expert, options: dict | None, calibrated: bool, holdout: float | None, false_marks: float | None, cache_dir, **drawing
+    ) -> "ExpertBoost | None":
         """The boost for BoostedModel's `expert=` (None when there is none), its arguments checked.
         drawing: viz, evidence, save_pictures."""
         from ..experts.base import check_false_marks
@@ -65,12 +76,15 @@ class ExpertBoost:
         return "calibrated" if self.calibrated else "faithful"
 
     def name_part(self) -> str:
-        return (f"{self.provider.source}-{self.viz}" + ("-calibrated" if self.calibrated else "")
-                + ("" if self.evidence == "picture" else f"-{self.evidence}"))
+        return f"{self.provider.source}-{self.viz}" + ("-calibrated" if self.calibrated else "") + ("" if self.evidence == "picture" else f"-{self.evidence}")
 
     def config(self) -> dict:
-        cfg = {"source": self.provider.source, "style": self.viz, "mode": self.mode,  # "style": the key runs were stored under
-               "options": {k: str(v) for k, v in sorted(self.options.items())}}
+        cfg = {
+            "source": self.provider.source,
+            "style": self.viz,
+            "mode": self.mode,  # "style": the key runs were stored under
+            "options": {k: str(v) for k, v in sorted(self.options.items())},
+        }
         if self.false_marks is not None:  # only when set: runs from before these options keep their identity
             cfg["false_marks"] = self.false_marks
         if self.evidence != "picture":
@@ -97,7 +111,9 @@ class ExpertBoost:
             kwargs["mask"] = info.load_mask()
         if getattr(expert, "needs_templates", False):
             if not q.templates:
-                raise MmadError(f"expert {getattr(expert, 'name', 'few-shot')} fits on the template images: give normal images before the query image, or use a 1-shot or k-shot setting")
+                raise MmadError(
+                    f"expert {getattr(expert, 'name', 'few-shot')} fits on the template images: give normal images before the query image, or use a 1-shot or k-shot setting"
+                )
             kwargs["templates"] = q.templates
         if self.cache_dir is not None:  # maps stored per (expert state, image): reruns cost no inference
             from ..experts.base import cached_predict
@@ -107,10 +123,13 @@ class ExpertBoost:
             out = expert.predict(q.image, **kwargs)
         timings["expert_s"] = round(time.perf_counter() - t0 - timings.get("expert_fit_s", 0.0), 4)
         if self.calibrated and out.decision is None:
-            raise MmadError(f"expert {getattr(expert, 'name', '?')} is not calibrated: calibrated mode needs held-out normal images (run inside a benchmark, or pass an expert folder fitted with calibration)")
+            raise MmadError(
+                f"expert {getattr(expert, 'name', '?')} is not calibrated: calibrated mode needs held-out normal images (run inside a benchmark, or pass an expert folder fitted with calibration)"
+            )
         t0 = time.perf_counter()
-        shown = render(q.image, out.map, self.viz, mode=self.mode, pixel_threshold=out.pixel_threshold, decision=out.decision,
-                       **drawing_options(expert))  # ground truth or not, map resizing, normalisation, GrabCut foreground
+        shown = render(
+            q.image, out.map, self.viz, mode=self.mode, pixel_threshold=out.pixel_threshold, decision=out.decision, **drawing_options(expert)
+        )  # ground truth or not, map resizing, normalisation, GrabCut foreground
         timings["render_s"] = round(time.perf_counter() - t0, 4)
         q.expert_image, q.expert_sentence = shown.image, shown.sentence
         if self.evidence != "picture":  # calibrated only (checked at construction)

@@ -8,6 +8,7 @@
 Fitting takes seconds to minutes, so a fitted expert is shared by every BoostedModel of the process
 (same name, options, holdout, rate and data) and saved under the cache folder for reruns.
 """
+
 from __future__ import annotations
 
 import os
@@ -104,7 +105,9 @@ class ExpertCatalog:
         info = q.info
         key = (info.dataset, info.category) if info and info.category else category_hint
         if key is None:
-            raise MmadError(f"{self.folder}: holds one expert per category, and this image's category is unknown; use it inside a benchmark or turn on rag with image retrieval")
+            raise MmadError(
+                f"{self.folder}: holds one expert per category, and this image's category is unknown; use it inside a benchmark or turn on rag with image retrieval"
+            )
         return self._loaded.get(key, lambda: self._load(key))
 
     def _load(self, key: tuple):
@@ -116,7 +119,9 @@ class ExpertCatalog:
         found += sorted(p.parent for p in self.folder.glob(f"*/{key[1]}/expert.json"))
         found += sorted(p.parent for p in self.folder.glob("*/expert.json") if p.parent.name.lower() in names)
         if not found:
-            raise MmadError(f"{self.folder}: no fitted expert for {key[0]}/{key[1]}; fit one with `mmad-boost expert fit --category {key[0]}/{key[1]} --out {self.folder / str(key[0]) / key[1]}`")
+            raise MmadError(
+                f"{self.folder}: no fitted expert for {key[0]}/{key[1]}; fit one with `mmad-boost expert fit --category {key[0]}/{key[1]} --out {self.folder / str(key[0]) / key[1]}`"
+            )
         return with_false_marks(load_expert(found[0]), self.false_marks)
 
 
@@ -128,8 +133,7 @@ class FitOnDemand:
     folder (`cache_dir`, else `<run_dir>/experts`).
     """
 
-    def __init__(self, name: str, options: dict, *, calibrated: bool, holdout: float | None, false_marks: float | None,
-                 cache_dir: Path | None):
+    def __init__(self, name: str, options: dict, *, calibrated: bool, holdout: float | None, false_marks: float | None, cache_dir: Path | None):
         self.name, self.source, self.options = name, name, options
         self.calibrated, self.holdout, self.false_marks, self.cache_dir = calibrated, holdout, false_marks, cache_dir
         self._mine = OncePerKey()  # (dataset, category) -> this model's expert for it
@@ -160,6 +164,7 @@ class FitOnDemand:
         if not needs_fit and (not self.calibrated or getattr(probe, "image_threshold", None) is not None):
             return probe  # gt, or a few-shot expert in faithful mode: one instance serves every category
         if info and info.category and root:
+
             def fit():
                 t0 = time.perf_counter()
                 expert = self._fit_category(Path(root), info.dataset, info.category, info.run_dir)
@@ -170,7 +175,8 @@ class FitOnDemand:
         if needs_fit and q.templates and self.name == "patchcore":
             return self._unfitted("patchcore-fewshot")  # by hand: fit on the templates given, as MMAD's PatchCore did
         raise MmadError(
-            f"expert {self.name!r} must be fitted on normal images of the category" + (" and calibrated" if self.calibrated else "")
+            f"expert {self.name!r} must be fitted on normal images of the category"
+            + (" and calibrated" if self.calibrated else "")
             + ": run it inside a benchmark (mmad-boost eval --expert), or pass a folder from `mmad-boost expert fit`"
         )
 
@@ -201,12 +207,12 @@ class FitOnDemand:
         folder = normal_folder(root, dataset, category)
         what = f"fitting expert {self.name} for {dataset}/{category} (once per category; kept for reruns)"
         with stage(what, kind=f"fit:{self.name}", units=len(image_files(folder)), unit="normal images"):
-            return fit_on_folder(create_expert(self.name, **self.options), folder, holdout=self.holdout,
-                                 false_marks=self.false_marks or DEFAULT_FALSE_MARKS, progress=Progress()).expert
+            return fit_on_folder(
+                create_expert(self.name, **self.options), folder, holdout=self.holdout, false_marks=self.false_marks or DEFAULT_FALSE_MARKS, progress=Progress()
+            ).expert
 
 
-def make_provider(expert: Any, options: dict, *, calibrated: bool, holdout: float | None, false_marks: float | None,
-                  cache_dir: Path | None):
+def make_provider(expert: Any, options: dict, *, calibrated: bool, holdout: float | None, false_marks: float | None, cache_dir: Path | None):
     """The provider for BoostedModel's `expert=`: None, a name, an expert object, a fitted folder or a folder of them."""
     if expert is None or expert is False or expert == "":
         return None

@@ -4,6 +4,7 @@
 find its category in the knowledge base's image index. Without a mode: oracle when the category
 is known (inside a benchmark), image otherwise (by hand).
 """
+
 from __future__ import annotations
 
 import os

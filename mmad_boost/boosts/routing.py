@@ -18,6 +18,7 @@ File format (TOML, see docs/routing.md):
 
 A `[tuning]` table (written by `mmad-boost tune`: its evidence) is kept for people and ignored here.
 """
+
 from __future__ import annotations
 
 import os
@@ -67,15 +68,14 @@ def _choice(where: str, table: Any, base: Choice) -> Choice:
         if key in table and not isinstance(table[key], bool):
             raise MmadError(f"{where}.{key}: give true or false (got {table[key]!r})")
     if "expert" in table and not (isinstance(table["expert"], bool) or table["expert"] in ("picture", "text", "both")):
-        raise MmadError(f"{where}.expert: give true, false, \"picture\", \"text\" or \"both\" (got {table['expert']!r})")
+        raise MmadError(f'{where}.expert: give true, false, "picture", "text" or "both" (got {table["expert"]!r})')
     return replace(base, **table)
 
 
 class Route:
     """Per question type, the boosts to apply; types not listed get `default`."""
 
-    def __init__(self, types: dict[str, Choice] | None = None, default: Choice = ALL_ON, source: str = "",
-                 given: dict[str, set] | None = None):
+    def __init__(self, types: dict[str, Choice] | None = None, default: Choice = ALL_ON, source: str = "", given: dict[str, set] | None = None):
         self.types = {type_key(k): v for k, v in (types or {}).items()}
         self.default = default
         self.source = source
@@ -86,7 +86,7 @@ class Route:
     @classmethod
     def from_dict(cls, d: dict, where: str = "route") -> "Route":
         if not isinstance(d, dict):
-            raise MmadError(f"{where}: a route is a table of [types.\"<question type>\"] tables")
+            raise MmadError(f'{where}: a route is a table of [types."<question type>"] tables')
         extra = sorted(set(d) - {"default", "types", "tuning"})
         if extra:
             raise MmadError(f"{where}: unknown field(s) {', '.join(extra)}; allowed: default, types, tuning (see docs/routing.md)")
@@ -153,8 +153,10 @@ class Route:
             if ch.expert and not has_expert and "expert" in given:
                 raise MmadError(f"{where}: {name} turns on the expert, but the model has none; add --expert NAME or set expert = false")
             if isinstance(ch.expert, str) and has_expert and ch.expert != evidence and evidence != "both":
-                raise MmadError(f"{where}: {name} asks for the expert's {ch.expert!r}, but the model prepares its {evidence!r} only; "
-                                "set the model's evidence to both (--calibrated --evidence both) or use expert = true")
+                raise MmadError(
+                    f"{where}: {name} asks for the expert's {ch.expert!r}, but the model prepares its {evidence!r} only; "
+                    "set the model's evidence to both (--calibrated --evidence both) or use expert = true"
+                )
 
 
 def apply_choice(query, ch: Choice):

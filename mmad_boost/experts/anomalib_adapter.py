@@ -10,6 +10,7 @@ trainable ones (Stfpm, Fastflow, ...) run a plain optimisation loop for `epochs`
 Lightning trainer, logger or checkpoint is created; `save()` writes the fitted buffers as .npy
 (never the backbone, which is reloaded from its file).
 """
+
 from __future__ import annotations
 
 import inspect
@@ -42,16 +43,26 @@ class AnomalibExpert(Expert):
     kind = "anomalib"
     resample = "bilinear"
 
-    def __init__(self, model: str = "Patchcore", backbone: str = DEFAULT_BACKBONE, size: int = 256, epochs: int = 1,
-                 batch: int = 8, lr: float | None = None, **model_options):
+    def __init__(
+        self,
+        model: str = "Patchcore",
+        backbone: str = DEFAULT_BACKBONE,
+        size: int = 256,
+        epochs: int = 1,
+        batch: int = 8,
+        lr: float | None = None,
+        **model_options,
+    ):
         super().__init__()
         self.model_name, self.backbone, self.size = model, backbone or DEFAULT_BACKBONE, int(size)
         self.epochs, self.batch, self.lr, self.model_options = int(epochs), int(batch), lr, dict(model_options)
         self.name = f"anomalib:{model}"
         key = model.replace("_", "").lower()
         if key in _NO_OFFLINE_WEIGHTS:
-            raise MmadError(f"anomalib:{model} needs {_NO_OFFLINE_WEIGHTS[key]}, which anomalib downloads and this machine cannot; "
-                            "use anomalib:Patchcore / Padim / Dfm / Stfpm with a local backbone, or the anomalyclip expert with a local CLIP file")
+            raise MmadError(
+                f"anomalib:{model} needs {_NO_OFFLINE_WEIGHTS[key]}, which anomalib downloads and this machine cannot; "
+                "use anomalib:Patchcore / Padim / Dfm / Stfpm with a local backbone, or the anomalyclip expert with a local CLIP file"
+            )
         self._module = None
         self._mean_std = None
 
@@ -96,8 +107,10 @@ class AnomalibExpert(Expert):
         for fe in extractors:
             load_weights_into(fe.feature_extractor, weights, timm_name)
         cfg = getattr(extractors[0].feature_extractor, "pretrained_cfg", None) or {} if extractors else {}
-        self._mean_std = (torch.tensor(cfg.get("mean", (0.485, 0.456, 0.406))).view(1, 3, 1, 1),
-                          torch.tensor(cfg.get("std", (0.229, 0.224, 0.225))).view(1, 3, 1, 1))
+        self._mean_std = (
+            torch.tensor(cfg.get("mean", (0.485, 0.456, 0.406))).view(1, 3, 1, 1),
+            torch.tensor(cfg.get("std", (0.229, 0.224, 0.225))).view(1, 3, 1, 1),
+        )
         self._module = module
         return module
 
@@ -116,7 +129,7 @@ class AnomalibExpert(Expert):
         if not images:
             raise MmadError(f"expert {self.name}: fit needs at least one normal image")
         module = self._build()
-        batches = [self._tensor(images[i:i + self.batch]) for i in range(0, len(images), self.batch)]
+        batches = [self._tensor(images[i : i + self.batch]) for i in range(0, len(images), self.batch)]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             if isinstance(module, MemoryBankMixin):
@@ -159,7 +172,7 @@ class AnomalibExpert(Expert):
         """`predict` for many images in batches of `batch` through anomalib's model."""
         if not self.fitted:
             return super().predict_batch(images, templates=templates)  # its error message
-        return [self.output(*r) for i in range(0, len(images), self.batch) for r in self._predict_maps(images[i:i + self.batch])]
+        return [self.output(*r) for i in range(0, len(images), self.batch) for r in self._predict_maps(images[i : i + self.batch])]
 
     def _predict_maps(self, images) -> list[tuple[np.ndarray, float]]:
         import torch
@@ -175,7 +188,7 @@ class AnomalibExpert(Expert):
         results = []
         for j, image in enumerate(images):
             w, h = image.size
-            amap = F.interpolate(maps[j:j + 1], size=(h, w), mode="bilinear", align_corners=False)
+            amap = F.interpolate(maps[j : j + 1], size=(h, w), mode="bilinear", align_corners=False)
             results.append((amap[0, 0].numpy().astype(np.float32), float(scores[j])))
         return results
 

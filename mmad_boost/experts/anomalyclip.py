@@ -12,6 +12,7 @@ vectors, i.e. the text embeddings their learned prompts produce.
 Weights: open_clip architecture name + a local weights file (nothing is downloaded); MMAD used
 ViT-L/14 at 518 px (`arch="ViT-L-14-336", image_size=518`).
 """
+
 from __future__ import annotations
 
 import threading
@@ -26,8 +27,14 @@ from .base import Expert, array_hash
 NORMAL_STATES = ("{}", "flawless {}", "perfect {}", "unblemished {}", "{} without flaw", "{} without defect", "{} without damage")
 ABNORMAL_STATES = ("damaged {}", "broken {}", "{} with flaw", "{} with defect", "{} with damage", "{} with a scratch", "{} with a crack")
 TEMPLATES = (
-    "a photo of a {}.", "a cropped photo of the {}.", "a close-up photo of a {}.", "a bright photo of a {}.",
-    "a dark photo of the {}.", "a jpeg photo of a {}.", "a blurry photo of the {}.", "an industrial photo of a {}.",
+    "a photo of a {}.",
+    "a cropped photo of the {}.",
+    "a close-up photo of a {}.",
+    "a bright photo of a {}.",
+    "a dark photo of the {}.",
+    "a jpeg photo of a {}.",
+    "a blurry photo of the {}.",
+    "an industrial photo of a {}.",
 )
 
 
@@ -36,12 +43,22 @@ class AnomalyCLIP(Expert):
     resample = "nearest"  # as MMAD resized AnomalyCLIP maps
     normalisation = "min-max"  # MMAD's AnomalyCLIP drawing min-max normalised (its PatchCore code divides by the max)
 
-    def __init__(self, arch: str = "ViT-L-14-336", weights: str | None = None, image_size: int | None = 518,
-                 layers: list[int] | None = None, prompts: str | None = None, object_name: str = "object",
-                 sigma: float = 4.0, temperature: float = 0.07):
+    def __init__(
+        self,
+        arch: str = "ViT-L-14-336",
+        weights: str | None = None,
+        image_size: int | None = 518,
+        layers: list[int] | None = None,
+        prompts: str | None = None,
+        object_name: str = "object",
+        sigma: float = 4.0,
+        temperature: float = 0.07,
+    ):
         super().__init__()
         if not weights:
-            raise MmadError(f"anomalyclip: no CLIP weights given; download the {arch} open_clip weights once elsewhere and pass weights=/path/file.pt (expert option weights=...)")
+            raise MmadError(
+                f"anomalyclip: no CLIP weights given; download the {arch} open_clip weights once elsewhere and pass weights=/path/file.pt (expert option weights=...)"
+            )
         if not Path(weights).is_file():
             raise MmadError(f"anomalyclip: CLIP weights file {weights} not found; pass weights=/path/to/{arch} open_clip .pt or .safetensors file")
         if prompts and not Path(prompts).is_file():
@@ -54,8 +71,16 @@ class AnomalyCLIP(Expert):
         self._lock = threading.Lock()
 
     def config(self) -> dict:
-        return {"arch": self.arch, "weights": self.weights, "image_size": self.image_size, "layers": self.layers,
-                "prompts": self.prompts, "object_name": self.object_name, "sigma": self.sigma, "temperature": self.temperature}
+        return {
+            "arch": self.arch,
+            "weights": self.weights,
+            "image_size": self.image_size,
+            "layers": self.layers,
+            "prompts": self.prompts,
+            "object_name": self.object_name,
+            "sigma": self.sigma,
+            "temperature": self.temperature,
+        }
 
     @property
     def state_id(self) -> str:
@@ -74,7 +99,9 @@ class AnomalyCLIP(Expert):
             try:
                 model = open_clip.create_model(self.arch, pretrained=self.weights, **kw)
             except (RuntimeError, AssertionError, KeyError, ValueError) as e:
-                raise MmadError(f"anomalyclip: {self.weights} does not fit {self.arch} ({(str(e).splitlines() or [type(e).__name__])[0][:200]}); pass the matching arch=") from None
+                raise MmadError(
+                    f"anomalyclip: {self.weights} does not fit {self.arch} ({(str(e).splitlines() or [type(e).__name__])[0][:200]}); pass the matching arch="
+                ) from None
             model.eval()
             visual = model.visual
             if not hasattr(visual, "forward_intermediates") or not hasattr(visual, "transformer"):

@@ -9,6 +9,7 @@ Spec strings:
 Features: the two mid-level stages of stride 8 and 16 (WideResNet layer2+layer3 in PatchCore).
 Finding and reading weight files is mmad_boost/weights.py's job; this module builds the extractor.
 """
+
 from __future__ import annotations
 
 import re
@@ -33,9 +34,7 @@ def parse_spec(spec: str) -> tuple[str, Path]:
         file = Path(spec)
         name = re.split(r"[-.]", file.name)[0] if file.suffix else ""
         if not file.suffix:
-            raise MmadError(
-                f"backbone {spec!r}: give efficientnet-lite0, NAME:FILE (a timm model name and a local weights file) or a weights FILE"
-            )
+            raise MmadError(f"backbone {spec!r}: give efficientnet-lite0, NAME:FILE (a timm model name and a local weights file) or a weights FILE")
     if not file.is_file():
         raise MmadError(f"backbone weights file {file} not found; download it once elsewhere and pass --backbone {name or 'NAME'}:/path/to/file")
     return name, file

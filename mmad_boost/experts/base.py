@@ -15,6 +15,7 @@ experts: k-fold refits), and the thresholds sit at a target false-mark rate `a` 
   has a region to draw.
 The normal scores are stored with the expert, so the rate can be changed without refitting.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -80,8 +81,9 @@ def conformal_threshold(scores: Sequence[float], false_marks: float) -> float:
     return float(s[min(k, s.size) - 1])
 
 
-def calibration_thresholds(scores: Sequence[float], maps_or_maxima: Sequence, margin: float = 1.0,
-                           false_marks: float = DEFAULT_FALSE_MARKS) -> tuple[float, float]:
+def calibration_thresholds(
+    scores: Sequence[float], maps_or_maxima: Sequence, margin: float = 1.0, false_marks: float = DEFAULT_FALSE_MARKS
+) -> tuple[float, float]:
     """(image threshold, pixel threshold) from normal images' scores and maps (or map maxima); see module doc."""
     scores = list(scores)
     if not scores:
@@ -94,6 +96,7 @@ def calibration_thresholds(scores: Sequence[float], maps_or_maxima: Sequence, ma
 @dataclass
 class NormalScores:
     """What calibration learned from the normal images: kept in the expert folder."""
+
     scores: list[float]  # image scores of normal images, each from a model that had not seen it
     map_max: list[float]  # their maps' maxima
     method: str  # leave-one-out, k-fold or holdout
@@ -101,8 +104,13 @@ class NormalScores:
     margin: float = 1.0
 
     def to_json(self) -> dict:
-        return {"method": self.method, "false_marks": self.false_marks, "margin": self.margin,
-                "normal_scores": [round(float(v), 6) for v in self.scores], "normal_map_max": [round(float(v), 6) for v in self.map_max]}
+        return {
+            "method": self.method,
+            "false_marks": self.false_marks,
+            "margin": self.margin,
+            "normal_scores": [round(float(v), 6) for v in self.scores],
+            "normal_map_max": [round(float(v), 6) for v in self.map_max],
+        }
 
 
 @runtime_checkable
@@ -154,8 +162,9 @@ class Expert:
     def calibrated(self) -> bool:
         return self.image_threshold is not None
 
-    def calibrate(self, normal_images: list[Image.Image], *, margin: float = 1.0, templates: list[Image.Image] | None = None,
-                  false_marks: float = DEFAULT_FALSE_MARKS) -> "Expert":
+    def calibrate(
+        self, normal_images: list[Image.Image], *, margin: float = 1.0, templates: list[Image.Image] | None = None, false_marks: float = DEFAULT_FALSE_MARKS
+    ) -> "Expert":
         """Calibrate on held-out normal images (not seen by fit)."""
         outs = [self.predict(im, templates=templates) for im in normal_images]
         return self.calibrate_from(NormalScores([o.score for o in outs], [float(o.map.max()) for o in outs], "holdout", false_marks, margin))
@@ -167,7 +176,9 @@ class Expert:
     def set_false_marks(self, rate: float) -> "Expert":
         """Move the thresholds to another target false-mark rate (no refit: uses the stored normal scores)."""
         if self.normals is None:
-            raise MmadError(f"expert {self.name}: no stored normal scores to recalibrate from (folder written by an older version); refit with `mmad-boost expert fit`")
+            raise MmadError(
+                f"expert {self.name}: no stored normal scores to recalibrate from (folder written by an older version); refit with `mmad-boost expert fit`"
+            )
         self.normals.false_marks = check_false_marks(rate)
         self.image_threshold, self.pixel_threshold = calibration_thresholds(self.normals.scores, self.normals.map_max, self.normals.margin, rate)
         return self
@@ -198,8 +209,13 @@ class Expert:
         for k, a in state.items():
             save_npy(d / f"{k}.npy", a)  # atomic: a full disk leaves no half array
         meta = {
-            "format": FORMAT_VERSION, "kind": self.kind, "config": self.config(), "fitted": self.fitted,
-            "arrays": sorted(state), "image_threshold": self.image_threshold, "pixel_threshold": self.pixel_threshold,
+            "format": FORMAT_VERSION,
+            "kind": self.kind,
+            "config": self.config(),
+            "fitted": self.fitted,
+            "arrays": sorted(state),
+            "image_threshold": self.image_threshold,
+            "pixel_threshold": self.pixel_threshold,
             "state_id": self.state_id,
         }
         if self.normals is not None:
@@ -221,11 +237,19 @@ def holdout_split(files: Sequence, holdout: float) -> tuple[list, list]:
         raise MmadError(f"holdout {holdout}: use a fraction between 0 and 1")
     files = list(files)
     n_cal = min(len(files) - 1, max(1, round(len(files) * holdout))) if len(files) >= 2 else 0
-    return files[: len(files) - n_cal], files[len(files) - n_cal:]
+    return files[: len(files) - n_cal], files[len(files) - n_cal :]
 
 
-def fit_and_calibrate(expert, fit_images: list[Image.Image], calibration_images: list[Image.Image] | None = None, *,
-                      margin: float = 1.0, false_marks: float = DEFAULT_FALSE_MARKS, folds: int = CALIBRATION_FOLDS, progress=None):
+def fit_and_calibrate(
+    expert,
+    fit_images: list[Image.Image],
+    calibration_images: list[Image.Image] | None = None,
+    *,
+    margin: float = 1.0,
+    false_marks: float = DEFAULT_FALSE_MARKS,
+    folds: int = CALIBRATION_FOLDS,
+    progress=None,
+):
     """Fit on normal images (experts that learn nothing skip it) and calibrate at a target false-mark rate.
 
     Without `calibration_images` every fitting image is also a calibration image, scored by a model
@@ -280,8 +304,9 @@ def _kfold_scores(expert, images, folds, progress) -> list[tuple[float, float]]:
     return out
 
 
-def cached_predict(expert, image: Image.Image, cache_dir: str | Path | None, *, mask: np.ndarray | None = None,
-                   templates: list[Image.Image] | None = None) -> ExpertOutput:
+def cached_predict(
+    expert, image: Image.Image, cache_dir: str | Path | None, *, mask: np.ndarray | None = None, templates: list[Image.Image] | None = None
+) -> ExpertOutput:
     """`expert.predict` with maps stored per (expert state, image, templates/mask) as float16 .npy.
 
     The decision is recomputed from the score with the expert's current calibration, so

@@ -1,4 +1,5 @@
 """`mmad-boost expert fit|eval|render` on an MMAD-layout data root."""
+
 from __future__ import annotations
 
 import json
@@ -23,14 +24,28 @@ def register_cli(sub) -> None:
     f.add_argument("--category", required=True, help="DATASET/CATEGORY, e.g. VisA/fryum")
     f.add_argument("--expert", default="patchcore", help="which expert to fit: patchcore (default), patchcore-fewshot, gt, anomalib:<Model>, anomalyclip")
     f.add_argument("--backbone", help="efficientnet-lite0 (default), NAME:FILE or a local weights FILE")
-    f.add_argument("--false-marks", type=float, default=DEFAULT_FALSE_MARKS, metavar="RATE",
-                   help=f"target share of normal images the calibrated expert marks, a fraction in (0, 1) (default {DEFAULT_FALSE_MARKS}); "
-                        "changeable later without refitting (expert eval --false-marks)")
-    f.add_argument("--holdout", type=float, default=None, help="fraction of the normal images kept out of fitting for calibration "
-                   "(default: none, every normal fits and is scored by a model without it: leave-one-out for patchcore, 5-fold refits otherwise)")
-    f.add_argument("--defects", metavar="DIR", help="folder of labelled defective TRAINING images (never test ones): patchcore then "
-                   "chooses its image score (choices: top-k mean for k = 0, 0.1, 0.5, 1 %% of the patches; blurred map's maximum at 1 or 2 patches) "
-                   "by how many of them it catches at the target rate (default: none, keep the configured rule)")
+    f.add_argument(
+        "--false-marks",
+        type=float,
+        default=DEFAULT_FALSE_MARKS,
+        metavar="RATE",
+        help=f"target share of normal images the calibrated expert marks, a fraction in (0, 1) (default {DEFAULT_FALSE_MARKS}); "
+        "changeable later without refitting (expert eval --false-marks)",
+    )
+    f.add_argument(
+        "--holdout",
+        type=float,
+        default=None,
+        help="fraction of the normal images kept out of fitting for calibration "
+        "(default: none, every normal fits and is scored by a model without it: leave-one-out for patchcore, 5-fold refits otherwise)",
+    )
+    f.add_argument(
+        "--defects",
+        metavar="DIR",
+        help="folder of labelled defective TRAINING images (never test ones): patchcore then "
+        "chooses its image score (choices: top-k mean for k = 0, 0.1, 0.5, 1 %% of the patches; blurred map's maximum at 1 or 2 patches) "
+        "by how many of them it catches at the target rate (default: none, keep the configured rule)",
+    )
     f.add_argument("--margin", type=float, default=1.0, help="image threshold = conformal quantile of the normal scores x margin (default 1.0)")
     f.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="expert option, e.g. size=320 (repeatable; default: none)")
     f.add_argument("--out", required=True, help="expert folder to write")
@@ -44,11 +59,24 @@ def register_cli(sub) -> None:
     e.add_argument("--questions", help="question file (default DATA/mmad.json)")
     e.add_argument("--viz", default="bbox", choices=VIZ_CHOICES, help="how the map is drawn: bbox, contour, highlight, mask or heatmap (default bbox)")
     e.add_argument("--calibrated", action="store_true", help="render in calibrated mode (default: faithful, as MMAD)")
-    e.add_argument("--cache", help="map cache folder (default: maps/ in the cache folder, $MMAD_BOOST_CACHE_DIR or ~/.cache/mmad-boost; keyed by expert state and image)")
-    e.add_argument("--plot", metavar="PNG", help="with --calibrated: also draw the operating curve (hits against false marks per target) into this PNG (default: none)")
-    e.add_argument("--false-marks", type=float, metavar="RATE", help="move the thresholds to this target false-mark rate, a fraction in (0, 1), "
-                   "from the normal scores stored at fit time (default: the rate the folder was fitted at)")
-    e.add_argument("--json", action="store_true", help="print the figures as one JSON object on the last line (with the operating curve and missed defects when --calibrated)")
+    e.add_argument(
+        "--cache", help="map cache folder (default: maps/ in the cache folder, $MMAD_BOOST_CACHE_DIR or ~/.cache/mmad-boost; keyed by expert state and image)"
+    )
+    e.add_argument(
+        "--plot", metavar="PNG", help="with --calibrated: also draw the operating curve (hits against false marks per target) into this PNG (default: none)"
+    )
+    e.add_argument(
+        "--false-marks",
+        type=float,
+        metavar="RATE",
+        help="move the thresholds to this target false-mark rate, a fraction in (0, 1), "
+        "from the normal scores stored at fit time (default: the rate the folder was fitted at)",
+    )
+    e.add_argument(
+        "--json",
+        action="store_true",
+        help="print the figures as one JSON object on the last line (with the operating curve and missed defects when --calibrated)",
+    )
     e.set_defaults(func=cmd_eval)
 
     r = esub.add_parser("render", help="write the five pictures of one image")
@@ -111,8 +139,9 @@ def cmd_fit(args) -> int:
         opts["backbone"] = args.backbone
     expert = create_expert(args.expert, **opts)
     t0 = time.perf_counter()  # the same fitting and calibration rules as BoostedModel's fit on demand (experts/fitting.py)
-    fitted = fit_on_folder(expert, normal_folder(args.data, dataset, category), holdout=args.holdout,
-                           false_marks=args.false_marks, margin=args.margin, progress=Progress())
+    fitted = fit_on_folder(
+        expert, normal_folder(args.data, dataset, category), holdout=args.holdout, false_marks=args.false_marks, margin=args.margin, progress=Progress()
+    )
     fit_files, cal_files = fitted.fit_files, fitted.calibration_files
     choice = []
     if args.defects:
@@ -125,8 +154,11 @@ def cmd_fit(args) -> int:
             raise MmadError("--defects: the image score is chosen for patchcore (full mode) calibrated on all normals; drop --holdout")
         choice = choose_image_score(expert, [load_rgb(f) for f in defect_files])
         for r in choice:
-            print(f"  image score {r['label']}: catches {r['caught']}/{r['defects']} training defects at the target rate"
-                  + ("  <- chosen" if r["chosen"] else ""), file=sys.stderr)
+            print(
+                f"  image score {r['label']}: catches {r['caught']}/{r['defects']} training defects at the target rate"
+                + ("  <- chosen" if r["chosen"] else ""),
+                file=sys.stderr,
+            )
     fit_s = time.perf_counter() - t0
     out = expert.save(args.out)
     meta_file = out / "expert.json"
@@ -135,10 +167,14 @@ def cmd_fit(args) -> int:
     if choice:
         meta["image_score_choice"] = choice
     write_text(meta_file, json.dumps(meta, indent=1))
-    how = f"on {len(cal_files)} held out" if cal_files else (f"on all {len(fit_files)} ({expert.normals.method})" if expert.normals else "(nothing to calibrate)")
-    print(f"fitted {getattr(expert, 'name', args.expert)} on {len(fit_files)} images and calibrated {how} in {fit_s:.1f} s, "
-          f"target false-mark rate {args.false_marks:g}: image threshold {expert.image_threshold}, pixel threshold {expert.pixel_threshold} -> {out}",
-          file=sys.stderr)
+    how = (
+        f"on {len(cal_files)} held out" if cal_files else (f"on all {len(fit_files)} ({expert.normals.method})" if expert.normals else "(nothing to calibrate)")
+    )
+    print(
+        f"fitted {getattr(expert, 'name', args.expert)} on {len(fit_files)} images and calibrated {how} in {fit_s:.1f} s, "
+        f"target false-mark rate {args.false_marks:g}: image threshold {expert.image_threshold}, pixel threshold {expert.pixel_threshold} -> {out}",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -192,8 +228,15 @@ def evaluate(expert, bench, samples, *, viz: str = "bbox", calibrated: bool = Fa
         pix_score.append(small.ravel())
         if calibrated and (s.is_normal or mask is not None):  # a defect without a mask cannot be hit: not on the curve
             items.append(scored(s.key, image, out.map, out.score, mask if not s.is_normal else None, getattr(expert, "resample", None)))
-        pic = render(image, out.map, viz, mode="calibrated" if calibrated else "faithful",
-                     pixel_threshold=out.pixel_threshold, decision=out.decision, **drawing_options(expert))
+        pic = render(
+            image,
+            out.map,
+            viz,
+            mode="calibrated" if calibrated else "faithful",
+            pixel_threshold=out.pixel_threshold,
+            decision=out.decision,
+            **drawing_options(expert),
+        )
         if s.is_normal:
             n_normal += 1
             marked_normal += pic.marked
@@ -204,17 +247,28 @@ def evaluate(expert, bench, samples, *, viz: str = "bbox", calibrated: bool = Fa
     y, p = np.concatenate(pix_true), np.concatenate(pix_score)
     extra = {}
     if calibrated and not getattr(expert, "needs_mask", False):
-        extra = {"false_mark_target": getattr(getattr(expert, "normals", None), "false_marks", None),
-                 "curve": operating_curve(expert, items, viz), "missed": missed_defects(expert, items, viz)}
-    return extra | {
-        "expert": getattr(expert, "name", type(expert).__name__), "viz": viz, "mode": "calibrated" if calibrated else "faithful",
-        "images": len(samples), "normal": n_normal, "defective": n_bad,
-        "image_auroc": float(roc_auc_score(labels, scores)) if 0 < sum(labels) < len(labels) else None,
-        "pixel_auroc": float(roc_auc_score(y, p)) if 0 < y.sum() < y.size else None,
-        "false_mark_rate": marked_normal / n_normal if n_normal else None,
-        "hit_rate": hits / n_bad if n_bad else None,
-        "ms_per_image": round(1000 * float(np.median(infer_times)), 1) if infer_times else None,
-    } | extra
+        extra = {
+            "false_mark_target": getattr(getattr(expert, "normals", None), "false_marks", None),
+            "curve": operating_curve(expert, items, viz),
+            "missed": missed_defects(expert, items, viz),
+        }
+    return (
+        extra
+        | {
+            "expert": getattr(expert, "name", type(expert).__name__),
+            "viz": viz,
+            "mode": "calibrated" if calibrated else "faithful",
+            "images": len(samples),
+            "normal": n_normal,
+            "defective": n_bad,
+            "image_auroc": float(roc_auc_score(labels, scores)) if 0 < sum(labels) < len(labels) else None,
+            "pixel_auroc": float(roc_auc_score(y, p)) if 0 < y.sum() < y.size else None,
+            "false_mark_rate": marked_normal / n_normal if n_normal else None,
+            "hit_rate": hits / n_bad if n_bad else None,
+            "ms_per_image": round(1000 * float(np.median(infer_times)), 1) if infer_times else None,
+        }
+        | extra
+    )
 
 
 def _overlaps(pic, mask) -> bool:
@@ -294,8 +348,7 @@ def cmd_render(args) -> int:
     dest.mkdir(parents=True, exist_ok=True)
     sentences = {}
     for style in STYLES:
-        pic = render(image, out.map, style, mode=mode, pixel_threshold=out.pixel_threshold, decision=out.decision,
-                     **drawing_options(expert))
+        pic = render(image, out.map, style, mode=mode, pixel_threshold=out.pixel_threshold, decision=out.decision, **drawing_options(expert))
         path = dest / f"{Path(args.image).stem}_{style}.png"
         save_image(pic.image, path)
         sentences[style] = {"file": path.name, "sentence": pic.sentence, "marked": pic.marked}

@@ -7,6 +7,7 @@ for BoostedModel's fit on demand, so both apply the same rules:
   keeps that last share out of fitting for calibration (experts.base.holdout_split);
 - calibration sits at the target false-mark rate (experts.base.fit_and_calibrate).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -28,8 +29,10 @@ def image_files(folder: Path) -> list[Path]:
 
 def check_holdout(holdout: float | None) -> float | None:
     if holdout is not None and not 0 < float(holdout) < 1:
-        raise MmadError(f"holdout {holdout}: use the fraction (between 0 and 1) of each category's normal images kept for calibration, "
-                        "or leave it unset (all normals, each scored unseen)")
+        raise MmadError(
+            f"holdout {holdout}: use the fraction (between 0 and 1) of each category's normal images kept for calibration, "
+            "or leave it unset (all normals, each scored unseen)"
+        )
     return None if holdout is None else float(holdout)
 
 
@@ -40,17 +43,19 @@ class Fitted:
     calibration_files: list[Path] = field(default_factory=list)  # empty: calibrated on the fitting images, each unseen
 
 
-def fit_on_folder(expert, folder: Path, *, holdout: float | None = None, false_marks: float = DEFAULT_FALSE_MARKS,
-                  margin: float = 1.0, progress=None) -> Fitted:
+def fit_on_folder(
+    expert, folder: Path, *, holdout: float | None = None, false_marks: float = DEFAULT_FALSE_MARKS, margin: float = 1.0, progress=None
+) -> Fitted:
     """Fit `expert` (an unfitted instance) on the normal images in `folder` and calibrate it."""
     from ..protocol.data import load_rgb
 
     holdout, false_marks = check_holdout(holdout), check_false_marks(false_marks)
     files = image_files(folder)
     if len(files) < 2 and not getattr(expert, "needs_mask", False):  # the ground truth needs no normals
-        raise MmadError(f"{folder}: expert {getattr(expert, 'name', '?')} needs at least 2 normal images here (to fit and to calibrate), "
-                        f"found {len(files)}; add them or pass a fitted expert folder")
+        raise MmadError(
+            f"{folder}: expert {getattr(expert, 'name', '?')} needs at least 2 normal images here (to fit and to calibrate), "
+            f"found {len(files)}; add them or pass a fitted expert folder"
+        )
     fit_files, cal_files = holdout_split(files, holdout) if holdout is not None else (files, [])
-    fit_and_calibrate(expert, [load_rgb(f) for f in fit_files], [load_rgb(f) for f in cal_files], margin=margin,
-                      false_marks=false_marks, progress=progress)
+    fit_and_calibrate(expert, [load_rgb(f) for f in fit_files], [load_rgb(f) for f in cal_files], margin=margin, false_marks=false_marks, progress=progress)
     return Fitted(expert, fit_files, cal_files)

@@ -7,6 +7,7 @@ size before a byte is allocated (a header claiming 1e9 x 1280 floats is refused,
 To add a key (e.g. stored normal-image scores), add a line to `TOP_FIELDS` (or `CONFIG_FIELDS[kind]`,
 or `ARRAYS[kind]`); nothing else reads expert.json without going through `read_folder`.
 """
+
 from __future__ import annotations
 
 import json
@@ -39,6 +40,7 @@ def number(lo: float = -math.inf, hi: float = math.inf, *, optional: bool = Fals
         if not _is_num(v) or not lo <= v <= hi:
             return f"must be a finite number in [{lo:g}, {hi:g}]" + (" or null" if optional else "")
         return None
+
     return check
 
 
@@ -49,6 +51,7 @@ def integer(lo: int = -(2**63), hi: int = 2**63, *, optional: bool = False) -> C
         if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
             return f"must be an integer in [{lo}, {hi}]" + (" or null" if optional else "")
         return None
+
     return check
 
 
@@ -59,6 +62,7 @@ def text(*, choices: tuple[str, ...] | None = None, optional: bool = False, max_
         if not isinstance(v, str) or len(v) > max_len or (choices and v not in choices):
             return "must be " + (f"one of {', '.join(choices)}" if choices else "a string") + (" or null" if optional else "")
         return None
+
     return check
 
 
@@ -67,6 +71,7 @@ def boolean(*, or_text: bool = False) -> Check:
         if isinstance(v, bool) or (or_text and isinstance(v, str) and len(v) < 64):
             return None
         return "must be true or false"
+
     return check
 
 
@@ -81,6 +86,7 @@ def list_of(item: Check, *, max_items: int = 1_000_000, optional: bool = False) 
             if problem:
                 return f"entry {i} {problem}"
         return None
+
     return check
 
 
@@ -91,6 +97,7 @@ def scalar(v) -> str | None:
 
 def object_of(fields: dict[str, tuple[Check, bool]]) -> Check:
     """A nested object with declared keys (unknown keys refused, required ones present)."""
+
     def check(v):
         if not isinstance(v, dict):
             return "must be an object"
@@ -102,6 +109,7 @@ def object_of(fields: dict[str, tuple[Check, bool]]) -> Check:
                 return f"key {key!r} {problem}"
         missing = [k for k, (_, required) in fields.items() if required and k not in v]
         return f"lacks the key {missing[0]!r}" if missing else None
+
     return check
 
 
@@ -119,7 +127,10 @@ TOP_FIELDS: dict[str, tuple[Check, bool]] = {  # name: (check, required)
     "kind": (text(max_len=200), True),
     "config": (lambda v: None if isinstance(v, dict) else "must be an object", False),
     "fitted": (boolean(), False),
-    "arrays": (list_of(lambda a: None if isinstance(a, str) and _ARRAY_NAME.fullmatch(a) else "must be a plain name (letters, digits, _)", max_items=10_000), False),
+    "arrays": (
+        list_of(lambda a: None if isinstance(a, str) and _ARRAY_NAME.fullmatch(a) else "must be a plain name (letters, digits, _)", max_items=10_000),
+        False,
+    ),
     "image_threshold": (number(optional=True), False),
     "pixel_threshold": (number(optional=True), False),
     "state_id": (text(max_len=200), False),
@@ -128,26 +139,54 @@ TOP_FIELDS: dict[str, tuple[Check, bool]] = {  # name: (check, required)
     "calibration_images": (list_of(text()), False),
     "calibration": (object_of(CALIBRATION_FIELDS), False),
     # how `expert fit --defects` chose patchcore's image score (experts.score_choice): for the record only
-    "image_score_choice": (list_of(object_of({**{k: (scalar, True) for k in ("topk", "threshold", "caught", "defects", "mean_ratio", "configured", "chosen")},
-                                              **{k: (scalar, False) for k in ("image_score", "image_score_sigma", "label")}}), max_items=100), False),
+    "image_score_choice": (
+        list_of(
+            object_of(
+                {
+                    **{k: (scalar, True) for k in ("topk", "threshold", "caught", "defects", "mean_ratio", "configured", "chosen")},
+                    **{k: (scalar, False) for k in ("image_score", "image_score_sigma", "label")},
+                }
+            ),
+            max_items=100,
+        ),
+        False,
+    ),
 }
 
 CONFIG_FIELDS: dict[str, dict[str, Check]] = {
     "patchcore": {
-        "backbone": text(), "mode": text(choices=("full", "few-shot")), "size": integer(1, 16384),
-        "coreset_ratio": number(1e-9, 1), "sigma": number(0, 1000), "foreground": boolean(or_text=True),
-        "seed": integer(), "reweight": boolean(), "topk": number(0, 1e9, optional=True), "knn": integer(1, 100_000, optional=True),
-        "batch": integer(1, 100_000), "image_score": text(choices=("topk", "blur-max")), "image_score_sigma": number(1e-9, 100),
+        "backbone": text(),
+        "mode": text(choices=("full", "few-shot")),
+        "size": integer(1, 16384),
+        "coreset_ratio": number(1e-9, 1),
+        "sigma": number(0, 1000),
+        "foreground": boolean(or_text=True),
+        "seed": integer(),
+        "reweight": boolean(),
+        "topk": number(0, 1e9, optional=True),
+        "knn": integer(1, 100_000, optional=True),
+        "batch": integer(1, 100_000),
+        "image_score": text(choices=("topk", "blur-max")),
+        "image_score_sigma": number(1e-9, 100),
     },
     "gt": {},
     "anomalyclip": {
-        "arch": text(), "weights": text(), "image_size": integer(16, 8192, optional=True),
-        "layers": list_of(integer(0, 1000), max_items=1000, optional=True), "prompts": text(optional=True),
-        "object_name": text(), "sigma": number(0, 1000), "temperature": number(1e-9, 1e6),
+        "arch": text(),
+        "weights": text(),
+        "image_size": integer(16, 8192, optional=True),
+        "layers": list_of(integer(0, 1000), max_items=1000, optional=True),
+        "prompts": text(optional=True),
+        "object_name": text(),
+        "sigma": number(0, 1000),
+        "temperature": number(1e-9, 1e6),
     },
     "anomalib": {
-        "model": text(max_len=200), "backbone": text(), "size": integer(1, 16384), "epochs": integer(0, 1_000_000),
-        "batch": integer(1, 100_000), "lr": number(0, 1e6, optional=True),
+        "model": text(max_len=200),
+        "backbone": text(),
+        "size": integer(1, 16384),
+        "epochs": integer(0, 1_000_000),
+        "batch": integer(1, 100_000),
+        "lr": number(0, 1e6, optional=True),
     },
 }
 OPEN_CONFIG = {"anomalib"}  # other scalar keys are passed to the anomalib model as its options

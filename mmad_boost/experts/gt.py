@@ -1,4 +1,5 @@
 """The ground-truth expert: the defect mask itself is the map (MMAD's upper bound, protocol §7)."""
+
 from __future__ import annotations
 
 import numpy as np

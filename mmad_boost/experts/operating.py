@@ -7,6 +7,7 @@ the true mask). Beside each, "best fixed" is what the best single image threshol
 very test images would hit with no more false marks: an upper reference (it peeks at the test
 labels), so the gap is what calibration loses against the ROC.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ TARGETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3)
 @dataclass
 class Scored:
     """One test image as the curve needs it: the 512 px picture base, the map at that size, the truth."""
+
     key: str
     image: Image.Image
     map: np.ndarray
@@ -58,7 +60,7 @@ def marked_area(pic, shape: tuple[int, int]) -> np.ndarray:
         return pic.region if pic.region is not None else np.zeros(shape, bool)
     area = np.zeros(shape, bool)
     for x0, y0, x1, y1 in pic.boxes:
-        area[y0:y1 + 1, x0:x1 + 1] = True
+        area[y0 : y1 + 1, x0 : x1 + 1] = True
     return area
 
 
@@ -97,9 +99,19 @@ def operating_curve(expert, items: list[Scored], viz: str, targets=TARGETS) -> d
     for target in sorted(set(targets) | {own}):
         expert.set_false_marks(target)
         fm, hits, _ = counts(items, viz, expert.image_threshold, expert.pixel_threshold)
-        rows.append({"target": target, "calibrated_at": target == own, "image_threshold": expert.image_threshold,
-                     "pixel_threshold": expert.pixel_threshold, "false_marks": fm, "normal": n_normal, "hits": hits, "defective": n_bad,
-                     "best_fixed_hits": best_fixed(items, viz, fm, expert.pixel_threshold)})
+        rows.append(
+            {
+                "target": target,
+                "calibrated_at": target == own,
+                "image_threshold": expert.image_threshold,
+                "pixel_threshold": expert.pixel_threshold,
+                "false_marks": fm,
+                "normal": n_normal,
+                "hits": hits,
+                "defective": n_bad,
+                "best_fixed_hits": best_fixed(items, viz, fm, expert.pixel_threshold),
+            }
+        )
     expert.set_false_marks(own)
     return {"method": normals.method, "calibration_images": len(normals.scores), "calibrated_at": own, "rows": rows}
 
@@ -107,21 +119,31 @@ def operating_curve(expert, items: list[Scored], viz: str, targets=TARGETS) -> d
 def missed_defects(expert, items: list[Scored], viz: str) -> list[dict]:
     """Defective images the calibrated pictures do not mark on their mask, smallest defect first."""
     _, _, missed = counts(items, viz, expert.image_threshold, expert.pixel_threshold)
-    return [{"image": it.key, "defect_area": round(it.area, 6), "score": round(it.score, 4),
-             "score_vs_threshold": round(it.score / expert.image_threshold, 3) if expert.image_threshold else None,
-             "why": "scored below the image threshold" if it.score <= expert.image_threshold else "marked elsewhere"}
-            for it in sorted(missed, key=lambda it: it.area)]
+    return [
+        {
+            "image": it.key,
+            "defect_area": round(it.area, 6),
+            "score": round(it.score, 4),
+            "score_vs_threshold": round(it.score / expert.image_threshold, 3) if expert.image_threshold else None,
+            "why": "scored below the image threshold" if it.score <= expert.image_threshold else "marked elsewhere",
+        }
+        for it in sorted(missed, key=lambda it: it.area)
+    ]
 
 
 def curve_lines(curve: dict) -> list[str]:
     if not curve.get("rows"):
         return [f"  operating curve: {curve.get('note', 'n/a')}"]
-    out = [f"  operating curve (thresholds from {curve['calibration_images']} training normals, {curve['method']}; "
-           "best fixed = best single threshold chosen on these test images, same false marks or fewer):",
-           f"    {'target':>6} {'false marks':>12} {'hits':>9} {'best fixed':>10}"]
+    out = [
+        f"  operating curve (thresholds from {curve['calibration_images']} training normals, {curve['method']}; "
+        "best fixed = best single threshold chosen on these test images, same false marks or fewer):",
+        f"    {'target':>6} {'false marks':>12} {'hits':>9} {'best fixed':>10}",
+    ]
     for r in curve["rows"]:
         star = "  <- calibrated" if r["calibrated_at"] else ""
-        out.append(f"    {r['target']:>6g} {r['false_marks']:>5}/{r['normal']:<6} {r['hits']:>4}/{r['defective']:<4} {r['best_fixed_hits']:>6}/{r['defective']:<3}{star}")
+        out.append(
+            f"    {r['target']:>6g} {r['false_marks']:>5}/{r['normal']:<6} {r['hits']:>4}/{r['defective']:<4} {r['best_fixed_hits']:>6}/{r['defective']:<3}{star}"
+        )
     return out
 
 
@@ -140,8 +162,9 @@ def plot_curve(curve: dict, path, title: str = "") -> None:
     own = [r for r in rows if r["calibrated_at"]]
     if own:
         r = own[0]
-        ax.plot([r["false_marks"] / max(1, r["normal"])], [r["hits"] / max(1, r["defective"])], "o", ms=12, mfc="none", mec="red",
-                label=f"target {r['target']:g}")
+        ax.plot(
+            [r["false_marks"] / max(1, r["normal"])], [r["hits"] / max(1, r["defective"])], "o", ms=12, mfc="none", mec="red", label=f"target {r['target']:g}"
+        )
     for r, x in zip(rows, fm):
         ax.annotate(f"{r['target']:g}", (x, r["hits"] / max(1, r["defective"])), fontsize=7, xytext=(3, -9), textcoords="offset points")
     ax.set_xlabel("false marks (share of normal test images)")

@@ -1,5 +1,6 @@
 """PatchCore's scoring: patch scores from the memory bank's nearest neighbours, and the rules
 (IMAGE_SCORES) that turn an image's patch-score grid into its image score."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -22,6 +22,7 @@ Modes: `full` fits once on all normal images of a category; `few-shot` (MMAD's s
 query on the template images given to `predict` (coreset keeping `coreset_ratio`, 99 % by default
 as MMAD; `patchcore-fewshot` is MMAD's whole set-up, experts.registry.MMAD_FEWSHOT).
 """
+
 from __future__ import annotations
 
 import threading
@@ -66,7 +67,7 @@ def _without_unused_stages(model):
     elimination; this spares the eager one (batches, untraceable backbones: about 8 % at 384 px)."""
     stages, blocks = getattr(model, "_stage_out_idx", None), getattr(model, "blocks", None)
     if stages and blocks is not None and getattr(model, "feature_hooks", None) is None and max(stages) < len(blocks):
-        model.blocks = blocks[:max(stages)]  # stage s is the output of blocks[s - 1] (stage 0 = the stem)
+        model.blocks = blocks[: max(stages)]  # stage s is the output of blocks[s - 1] (stage 0 = the stem)
     return model
 
 
@@ -153,9 +154,22 @@ class PatchCore(Expert):
     name = kind = "patchcore"
     resample = "bilinear"
 
-    def __init__(self, backbone: str = DEFAULT_BACKBONE, mode: str = "full", size: int = 384, coreset_ratio: float | None = None,
-                 sigma: float = 4.0, foreground: bool = False, seed: int = 0, batch: int = 8, reweight: bool = False,
-                 topk: float | None = None, knn: int | None = None, image_score: str = "topk", image_score_sigma: float = 1.0):
+    def __init__(
+        self,
+        backbone: str = DEFAULT_BACKBONE,
+        mode: str = "full",
+        size: int = 384,
+        coreset_ratio: float | None = None,
+        sigma: float = 4.0,
+        foreground: bool = False,
+        seed: int = 0,
+        batch: int = 8,
+        reweight: bool = False,
+        topk: float | None = None,
+        knn: int | None = None,
+        image_score: str = "topk",
+        image_score_sigma: float = 1.0,
+    ):
         super().__init__()
         if mode not in ("full", "few-shot"):
             raise MmadError(f"patchcore mode {mode!r}: use full or few-shot")
@@ -197,9 +211,19 @@ class PatchCore(Expert):
         self._few_lock = threading.Lock()
 
     def config(self) -> dict:
-        return {"backbone": self.backbone, "mode": self.mode, "size": self.size, "coreset_ratio": self.coreset_ratio,
-                "sigma": self.sigma, "foreground": self.foreground, "seed": self.seed, "reweight": self.reweight, "topk": self.topk,
-                "knn": self.knn, **self._image_score_config()}
+        return {
+            "backbone": self.backbone,
+            "mode": self.mode,
+            "size": self.size,
+            "coreset_ratio": self.coreset_ratio,
+            "sigma": self.sigma,
+            "foreground": self.foreground,
+            "seed": self.seed,
+            "reweight": self.reweight,
+            "topk": self.topk,
+            "knn": self.knn,
+            **self._image_score_config(),
+        }
 
     def _image_score_config(self) -> dict:
         """The image-score rule's keys, only when not the default: folders and state ids written
@@ -217,11 +241,11 @@ class PatchCore(Expert):
         mean_t, std_t = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
         out = []
         for i in range(0, len(images), self.batch):
-            arr = np.stack([np.asarray(im.convert("RGB").resize((self.size, self.size), Image.BILINEAR)) for im in images[i:i + self.batch]])
+            arr = np.stack([np.asarray(im.convert("RGB").resize((self.size, self.size), Image.BILINEAR)) for im in images[i : i + self.batch]])
             x = (torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 255 - mean_t) / std_t
             with torch.inference_mode():
                 # one image at a time through the traced model: on CPU that beat batched eager calls
-                out += [embed(x[j:j + 1]).permute(0, 2, 3, 1).numpy() for j in range(len(x))]
+                out += [embed(x[j : j + 1]).permute(0, 2, 3, 1).numpy() for j in range(len(x))]
             if progress is not None:
                 progress("features", min(i + self.batch, len(images)), len(images))
         return np.concatenate(out)
@@ -278,7 +302,9 @@ class PatchCore(Expert):
             loo = self._index_of(self.bank[keep])
             searched = knn_patch_scores(loo, np.ascontiguousarray(feats[i].reshape(-1, feats.shape[-1])), self.knn)
             amap, score = self._score_features(image, feats[i], loo, searched)
-            self._calibration_patches.append(searched[0].reshape(feats.shape[1:3]))  # 2-D grid, in memory only: lets an image-score rule be chosen without searching again
+            self._calibration_patches.append(
+                searched[0].reshape(feats.shape[1:3])
+            )  # 2-D grid, in memory only: lets an image-score rule be chosen without searching again
             scores.append(score)
             maxima.append(float(amap.max()))
             if progress is not None:
@@ -312,13 +338,14 @@ class PatchCore(Expert):
         index = self._active_index(templates)
         out = []
         for i in range(0, len(images), 32):  # bounds the search's distance matrix
-            part = list(images[i:i + 32])
+            part = list(images[i : i + 32])
             feats = self.features(part)
             n, h, w, c = feats.shape
             scores, nn = knn_patch_scores(index, np.ascontiguousarray(feats.reshape(-1, c)), self.knn)
             hw = h * w
-            out += [self.output(*self._score_features(im, feats[j], index, (scores[j * hw:(j + 1) * hw], nn[j * hw:(j + 1) * hw])))
-                    for j, im in enumerate(part)]
+            out += [
+                self.output(*self._score_features(im, feats[j], index, (scores[j * hw : (j + 1) * hw], nn[j * hw : (j + 1) * hw]))) for j, im in enumerate(part)
+            ]
         return out
 
     def _score_features(self, image, feats, index, searched=None):

@@ -5,6 +5,7 @@ expert and the concrete experts import only `base` (no import cycle). Each exper
 its constructor's; `patchcore-fewshot` adds MMAD's set-up on top. `register_expert` adds a user's
 own expert class or factory under a name.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -75,9 +76,13 @@ def load_expert(directory: str | Path, *, false_marks: float | None = None) -> E
     cal = meta.get("calibration")
     if isinstance(cal, dict):  # folders from before stored scores have thresholds only
         try:
-            expert.normals = NormalScores([float(v) for v in cal["normal_scores"]], [float(v) for v in cal["normal_map_max"]],
-                                          str(cal.get("method", "?")), check_false_marks(cal.get("false_marks", DEFAULT_FALSE_MARKS)),
-                                          float(cal.get("margin", 1.0)))
+            expert.normals = NormalScores(
+                [float(v) for v in cal["normal_scores"]],
+                [float(v) for v in cal["normal_map_max"]],
+                str(cal.get("method", "?")),
+                check_false_marks(cal.get("false_marks", DEFAULT_FALSE_MARKS)),
+                float(cal.get("margin", 1.0)),
+            )
             if not expert.normals.scores or len(expert.normals.scores) != len(expert.normals.map_max):
                 raise ValueError("normal_scores and normal_map_max must be non-empty lists of one length")
         except (KeyError, TypeError, ValueError, MmadError) as e:

@@ -14,6 +14,7 @@ cv2.addWeighted 0.6 / 0.4). Such pictures always mark something, even on normal 
 `calibrated` mode draws only pixels above the expert's calibrated pixel threshold, and nothing at
 all on an image the expert judged normal (decision False); its sentence says which happened.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -43,8 +44,7 @@ _WHAT = {
     "heatmap": "brighter colours mean a higher anomaly score",
 }
 _FAITHFUL_WARNING = (
-    " The expert always marks the most suspicious spots, even when the query image is normal, "
-    "so judge by yourself whether they are real defects."
+    " The expert always marks the most suspicious spots, even when the query image is normal, so judge by yourself whether they are real defects."
 )
 
 
@@ -199,8 +199,12 @@ def _grabcut_foreground(arr: np.ndarray) -> np.ndarray | None:
 def drawing_options(expert) -> dict:
     """The render() keywords an expert implies: ground truth or not, how its maps are resized and
     normalised, and whether MMAD's GrabCut foreground filter applies (protocol §7)."""
-    return {"is_gt": bool(getattr(expert, "needs_mask", False)), "resample": getattr(expert, "resample", None),
-            "normalisation": getattr(expert, "normalisation", "max"), "foreground": bool(getattr(expert, "foreground", False))}
+    return {
+        "is_gt": bool(getattr(expert, "needs_mask", False)),
+        "resample": getattr(expert, "resample", None),
+        "normalisation": getattr(expert, "normalisation", "max"),
+        "foreground": bool(getattr(expert, "foreground", False)),
+    }
 
 
 def render(

@@ -1,4 +1,5 @@
 """The bundled VisA sample (fryum, capsules) in VisA's own layout, split by its one-class CSV."""
+
 from __future__ import annotations
 
 import csv
@@ -7,7 +8,6 @@ from pathlib import Path
 
 from ..errors import MmadError
 from ..resources import sample_root
-
 
 
 @dataclass

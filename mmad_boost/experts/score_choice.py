@@ -9,6 +9,7 @@ training defects scoring above that threshold. The best candidate wins; ties kee
 rule, then prefer the larger mean score-to-threshold ratio on the defects. With no defects there
 is nothing to choose by, and nothing changes: the test split is never consulted.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -69,10 +70,20 @@ def choose_image_score(expert, defects: list, candidates=CANDIDATES) -> list[dic
     for cand in pool:
         t = conformal_threshold([cand.score(p) for p in normal], rate)
         d = np.array([cand.score(p) for p in defect_patches])
-        rows.append({"image_score": cand.rule, "topk": cand.topk if cand.rule == "topk" else None,
-                     "image_score_sigma": cand.sigma if cand.rule != "topk" else None, "threshold": t, "caught": int((d > t).sum()),
-                     "defects": len(d), "mean_ratio": float(np.mean(d / t)) if t > 0 else None, "configured": _same(cand, now),
-                     "label": cand.label(), "_candidate": cand})
+        rows.append(
+            {
+                "image_score": cand.rule,
+                "topk": cand.topk if cand.rule == "topk" else None,
+                "image_score_sigma": cand.sigma if cand.rule != "topk" else None,
+                "threshold": t,
+                "caught": int((d > t).sum()),
+                "defects": len(d),
+                "mean_ratio": float(np.mean(d / t)) if t > 0 else None,
+                "configured": _same(cand, now),
+                "label": cand.label(),
+                "_candidate": cand,
+            }
+        )
     best = max(rows, key=lambda r: (r["caught"], r["configured"], r["mean_ratio"] or 0.0))
     for r in rows:
         r["chosen"] = r is best

@@ -1,4 +1,5 @@
 """The MLLM protocol, adapters and offline baselines."""
+
 from .base import MLLM, FunctionModel, as_model, query_from_hand, to_prompt
 from .registry import create_model, model_kinds, register_model_kind
 

@@ -3,6 +3,7 @@
 Any object with `generate(prompt: Prompt) -> str` is a model. `MLLM` adds the convenient call
 forms; `as_model` wraps a plain function `f(images, text) -> str`.
 """
+
 from __future__ import annotations
 
 import inspect

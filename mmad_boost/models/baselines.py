@@ -1,4 +1,5 @@
 """Offline baselines, honestly named: they are not language models."""
+
 from __future__ import annotations
 
 import random

@@ -5,6 +5,7 @@ Leader/follower, no thread of its own: a caller queues its item; whoever finds t
 becomes the leader, waits up to `wait_s` for the batch to fill, runs it and hands every waiting
 caller its own result. Nothing outlives the callers, so Ctrl-C and close() need no shutdown.
 """
+
 from __future__ import annotations
 
 import threading

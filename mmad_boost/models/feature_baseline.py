@@ -11,6 +11,7 @@ and answers "Answer: X" without any language model:
   prompt's knowledge entries; without knowledge, object questions accept only a confident ImageNet
   recognition that an option names, and everything else falls back to a seeded prior (as random).
 """
+
 from __future__ import annotations
 
 import hashlib

@@ -6,6 +6,7 @@ only the new tokens are returned (MMAD allowed 128 new tokens for local models).
 generate() calls (the runner's --workers threads) are answered in batches of up to `batch_size`,
 left-padded, each answer cut at its own end-of-turn token.
 """
+
 from __future__ import annotations
 
 import json
@@ -153,8 +154,11 @@ class HFVisionModel(MLLM):
         self._batcher = MicroBatcher(self._generate_batch, self.batch_size if self.family else 1, batch_wait)
         self._hinted = False
         if self.batch_size > 1 and self.family is None:
-            print(f"mmad-boost: hf: batching is not verified for model_type {getattr(self.model.config, 'model_type', '?')!r} "
-                  "(see mmad_boost/models/hf_families.py); answering one question at a time", file=sys.stderr)
+            print(
+                f"mmad-boost: hf: batching is not verified for model_type {getattr(self.model.config, 'model_type', '?')!r} "
+                "(see mmad_boost/models/hf_families.py); answering one question at a time",
+                file=sys.stderr,
+            )
 
     def config(self) -> dict:
         return {
@@ -199,9 +203,7 @@ class HFVisionModel(MLLM):
             texts.append(self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
             images.append(ims)
         # the rendered template already holds the special tokens (BOS etc.): add none twice
-        inputs = self.processor(
-            text=texts, images=processor_images(images), return_tensors="pt", padding=True, add_special_tokens=False
-        )
+        inputs = self.processor(text=texts, images=processor_images(images), return_tensors="pt", padding=True, add_special_tokens=False)
         return inputs.to(self.model.device, dtype=self.model.dtype)
 
     def generate(self, prompt: Prompt) -> str:
@@ -216,8 +218,7 @@ class HFVisionModel(MLLM):
         n_in = inputs["input_ids"].shape[1]
         with torch.inference_mode():
             out = self.model.generate(
-                **inputs, max_new_tokens=self.max_new_tokens, do_sample=False, num_beams=1, temperature=None, top_p=None, top_k=None,
-                pad_token_id=self._pad_id,
+                **inputs, max_new_tokens=self.max_new_tokens, do_sample=False, num_beams=1, temperature=None, top_p=None, top_k=None, pad_token_id=self._pad_id
             )
         answers = []
         for row in out[:, n_in:].tolist():
@@ -229,8 +230,11 @@ class HFVisionModel(MLLM):
         b = self._batcher
         if self.batch_size > 1 and not self._hinted and len(b.batch_sizes) >= 8 and b.peak_callers == 1:
             self._hinted = True
-            print(f"mmad-boost: hf batch_size={self.batch_size} but questions arrive one at a time; run with --workers "
-                  f"{self.batch_size} (or more) so batches fill", file=sys.stderr)
+            print(
+                f"mmad-boost: hf batch_size={self.batch_size} but questions arrive one at a time; run with --workers "
+                f"{self.batch_size} (or more) so batches fill",
+                file=sys.stderr,
+            )
 
     def close(self) -> None:
         self.model = None

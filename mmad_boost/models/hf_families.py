@@ -14,6 +14,7 @@ pixels as the processor's own apply_chat_template), only new text decoded, greed
 identical batched and one by one. A family missing here still loads and
 answers through the same path, but one question at a time (batching unverified for it).
 """
+
 from __future__ import annotations
 
 import importlib.util

@@ -3,6 +3,7 @@
 Standard library only. The API key is read from an environment variable named by the user and
 kept out of reprs, config(), exceptions and logs (server error texts are scrubbed of it too).
 """
+
 from __future__ import annotations
 
 import base64
@@ -313,7 +314,9 @@ class OpenAIChatModel(MLLM):
                 if status in (401, 403):
                     raise MmadError(f"openai: {self.base_url} refused the API key from ${self.api_key_env} (HTTP {status}: {detail}); check the key")
                 if status == 404:
-                    raise MmadError(f"openai: {self.base_url}/chat/completions answered HTTP 404 ({detail}); check --base-url (usually ends in /v1) and the model name {self.model!r}")
+                    raise MmadError(
+                        f"openai: {self.base_url}/chat/completions answered HTTP 404 ({detail}); check --base-url (usually ends in /v1) and the model name {self.model!r}"
+                    )
                 if status not in RETRY_STATUS:
                     raise ModelError(f"HTTP {status}: {detail}")
                 last = f"HTTP {status}: {detail}"

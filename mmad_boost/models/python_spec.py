@@ -12,6 +12,7 @@ mixing answers) holds a hash of its source: the module's file (every .py file of
 the module is one) and the file defining the named object, plus the options, unless the model
 defines its own `config()` (then that says which options change its answers).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -37,7 +38,9 @@ def _import(module: str, spec: str):
     except MmadError:
         raise
     except SystemExit as e:  # a script-style module that exits at import must not end the run silently
-        raise MmadError(f"model SPEC {spec!r}: importing module {module!r} called sys.exit({e.code!r}); guard its script part with `if __name__ == \"__main__\":`") from None
+        raise MmadError(
+            f'model SPEC {spec!r}: importing module {module!r} called sys.exit({e.code!r}); guard its script part with `if __name__ == "__main__":`'
+        ) from None
     except Exception as e:
         raise MmadError(f"model SPEC {spec!r}: importing module {module!r} failed: {type(e).__name__}: {e}") from None
 

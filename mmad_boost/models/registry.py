@@ -1,4 +1,5 @@
 """Model SPEC strings (`kind:rest`) resolved in one place, like open_clip's factory."""
+
 from __future__ import annotations
 
 from typing import Any, Callable

@@ -4,6 +4,7 @@ Format: protocol doc §1. Keys are image paths relative to the data root,
 `<Dataset>/<category>/<split>/<defect-or-good>/<file>` (their rules: keys.py). Reading the image
 and mask files themselves: image_files.py.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,6 +37,7 @@ QUESTION_TYPE_ALIASES = {
 def question_type(text: str) -> str:
     """The long question-type name for a long name, a short alias or an unambiguous prefix of
     either (case-insensitive; spaces, '-' and '_' alike)."""
+
     def norm(t: str) -> str:
         return "-".join(t.lower().replace("_", " ").replace("-", " ").split())
 
@@ -120,7 +122,6 @@ def _field(path: Path, key: str, value: dict, name: str, kind, default=None):
     return v
 
 
-
 def _paths(path: Path, key: str, value: dict, name: str) -> list[str]:
     """A list of image paths (templates): every entry a non-empty string."""
     items = _field(path, key, value, name, list, [])
@@ -139,7 +140,7 @@ def parse_question(path: Path, key: str, i: int, q) -> Question:
             raise MmadError(f"{where} has no {name!r} field; add it")
     opts = q["Options"]
     if not isinstance(opts, dict) or not opts:
-        raise MmadError(f"{where}: 'Options' must be a non-empty object like {{\"A\": \"Yes\", \"B\": \"No\"}}")
+        raise MmadError(f'{where}: \'Options\' must be a non-empty object like {{"A": "Yes", "B": "No"}}')
     for letter, text in opts.items():
         if letter not in VALID_LETTERS or not isinstance(text, str):  # a set, not a substring test: "AB" and "" are refused
             raise MmadError(f"{where}: option {letter!r} must be one letter A-E with a text value")
@@ -306,8 +307,11 @@ def describe_selection(items: list[tuple["Sample", "Question"]]) -> str:
     per_ds: dict[str, int] = {}
     for s in images.values():
         per_ds[s.dataset] = per_ds.get(s.dataset, 0) + 1
-    return (f"{len(items)} questions of {len(images)} images ({normal} normal, {len(images) - normal} defective; "
-            + ", ".join(f"{d} {n}" for d, n in per_ds.items()) + ")")
+    return (
+        f"{len(items)} questions of {len(images)} images ({normal} normal, {len(images) - normal} defective; "
+        + ", ".join(f"{d} {n}" for d, n in per_ds.items())
+        + ")"
+    )
 
 
 def load_question_file(path: Path) -> list[Sample]:

@@ -1,5 +1,6 @@
 """Reading the benchmark's image and mask files: any image as 8-bit RGB, masks as MMAD read them
 (protocol §7), and an up-front check that decodes a whole file so a damaged one stops a run before it starts."""
+
 from __future__ import annotations
 
 import contextlib

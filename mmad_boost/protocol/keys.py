@@ -4,6 +4,7 @@ written once here, imported everywhere else.
 An image key is the image's path under the data root, `<dataset>/<category>/<split>/<defect>/<file>`
 (e.g. `VisA/fryum/test/good/0001.png`).
 """
+
 from __future__ import annotations
 
 from pathlib import PurePath

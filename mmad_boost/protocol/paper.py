@@ -4,6 +4,7 @@
 Average rows this project had (two decimals) and MMAD's released per-dataset CSVs (`all_result/`).
 Numbers are typed in from those sources, never derived here.
 """
+
 from __future__ import annotations
 
 import csv
@@ -17,9 +18,19 @@ TABLES = ("table2", "all_result", "all")  # choices of `compare --paper`
 _TABLE_NAMES = {"table2": "paper Table 2", "all_result": "all_result"}
 # MMAD's all_result/*.csv header, in its order (its scorer writes Recall, Precision, F1 before Overkill, Miss)
 MMAD_CSV_COLUMNS = (
-    "Anomaly Detection", "Defect Classification", "Defect Localization", "Defect Description",
-    "Defect Analysis", "Object Classification", "Object Analysis", "Average",
-    "Recall", "Precision", "F1", "Overkill", "Miss",
+    "Anomaly Detection",
+    "Defect Classification",
+    "Defect Localization",
+    "Defect Description",
+    "Defect Analysis",
+    "Object Classification",
+    "Object Analysis",
+    "Average",
+    "Recall",
+    "Precision",
+    "F1",
+    "Overkill",
+    "Miss",
 )
 
 

@@ -6,6 +6,7 @@ text is closest to the whole response (difflib, no cutoff).
 then an option's text quoted in the response, then standalone letters that are not the article
 "A"; anything else is a parse failure rather than a guess.
 """
+
 from __future__ import annotations
 
 import difflib

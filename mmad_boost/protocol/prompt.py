@@ -4,6 +4,7 @@ A `Query` is the structured question about one image; `build_prompt` turns it in
 `Prompt` a model receives. Wrappers such as BoostedModel add knowledge or an expert picture
 to the Query, so the order of parts is decided here only.
 """
+
 from __future__ import annotations
 
 import random
@@ -102,10 +103,7 @@ def build_prompt(q: Query) -> Prompt:
             parts += [im, "\n"]
     if q.defect_examples:
         n = len(q.defect_examples)
-        parts.append(
-            f"Here {_plural(n, 'is 1 image', f'are {n} images')} of defective samples of the same product, "
-            "showing the same kind of defect:\n"
-        )
+        parts.append(f"Here {_plural(n, 'is 1 image', f'are {n} images')} of defective samples of the same product, showing the same kind of defect:\n")
         for im in q.defect_examples:
             parts += [im, "\n"]
     parts += ["Here is the query image:\n", q.image, "\n"]

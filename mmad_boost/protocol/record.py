@@ -9,6 +9,7 @@ A record the runner builds writes its keys in one fixed order (the order of the 
 The trace is kept as stored and parsed into `Trace` when `record.trace` is read: scoring, which
 reads every record of a 40k-question run several times, never pays for it.
 """
+
 from __future__ import annotations
 
 import typing
@@ -42,13 +43,13 @@ def _fields_of(cls) -> tuple[tuple[_Field, ...], dict[str, _Field]]:
     known = _FIELDS.get(cls)
     if known is None:
         specs = tuple(
-            _Field(f.name, f.metadata.get("json", f.name), f.metadata.get("section"), bool(f.metadata.get("flat")),
-                   bool(f.metadata.get("always")), f.default)
-            for f in fields(cls) if f.name not in ("extra", "source_keys")
+            _Field(f.name, f.metadata.get("json", f.name), f.metadata.get("section"), bool(f.metadata.get("flat")), bool(f.metadata.get("always")), f.default)
+            for f in fields(cls)
+            if f.name not in ("extra", "source_keys")
         )
         by_key = {}
         for s in specs:
-            for k in (s.section._FLAT_KEYS if s.flat else (s.key,)):
+            for k in s.section._FLAT_KEYS if s.flat else (s.key,):
                 by_key[k] = s
         known = _FIELDS[cls] = (specs, by_key)
     return known

@@ -4,6 +4,7 @@ A record (record.Record, or its JSON object) needs `image`, `question_type`, `co
 `gpt_answer`; `options` (as shown) lets anomaly-detection answers be read as yes/no for precision
 and recall. An image is normal by MMAD's key rule (keys.is_normal_key).
 """
+
 from __future__ import annotations
 
 import math

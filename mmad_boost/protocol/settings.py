@@ -1,4 +1,5 @@
 """Evaluation settings (protocol §3): which images come before the query image."""
+
 from __future__ import annotations
 
 import random
@@ -41,9 +42,7 @@ class Setting:
         pool = [
             s.key
             for s in bench.samples
-            if s.key != sample.key
-            and not s.is_normal
-            and (s.dataset, s.category, s.label) == (sample.dataset, sample.category, sample.label)
+            if s.key != sample.key and not s.is_normal and (s.dataset, s.category, s.label) == (sample.dataset, sample.category, sample.label)
         ]
         rng = random.Random(f"{seed}:{sample.key}:defects")
         return rng.sample(sorted(pool), min(self.defect_shots, len(pool)))

@@ -4,6 +4,7 @@ Every value carries a 95 % bootstrap interval over images, and every delta a *pa
 resampled images in both runs; see uncertainty.py); a delta whose interval excludes zero is marked `*`.
 `--paper` adds the published MMAD rows (paper.py) beside the runs.
 """
+
 from __future__ import annotations
 
 import csv
@@ -16,8 +17,14 @@ from pathlib import Path
 from ..errors import MmadError
 
 COLUMNS = (
-    "Anomaly Detection", "Defect Classification", "Defect Localization", "Defect Description",
-    "Defect Analysis", "Object Classification", "Object Analysis", "Average",
+    "Anomaly Detection",
+    "Defect Classification",
+    "Defect Localization",
+    "Defect Description",
+    "Defect Analysis",
+    "Object Classification",
+    "Object Analysis",
+    "Average",
 )
 
 
@@ -77,8 +84,7 @@ class Comparison:
         head = "| run | " + " | ".join(SHORT.get(c, c) for c in self.columns) + " | questions | dropped |"
         lines = [head, "| --- |" + " ---: |" * (len(self.columns) + 2)]
         for i, (label, vals, dels) in enumerate(zip(self.labels, self.values, self.deltas)):
-            cells = [_cell(vals.get(c), dels[c] if i else None, self.interval(label, c), self.delta_interval(label, c) if i else None)
-                     for c in self.columns]
+            cells = [_cell(vals.get(c), dels[c] if i else None, self.interval(label, c), self.delta_interval(label, c) if i else None) for c in self.columns]
             cnt = self.counts[i] if self.counts else {}
             lines.append(f"| {label} | " + " | ".join(cells) + f" | {cnt.get('questions', '')} | {cnt.get('dropped', '')} |")
         for p in self.published:
@@ -88,15 +94,16 @@ class Comparison:
         if self.intervals:
             notes.insert(0, self.interval_note())
         if self.published:
-            notes.append("published rows: MMAD's full question set (39,672 questions); sources: "
-                         + "; ".join(sorted({p.source for p in self.published})))
+            notes.append("published rows: MMAD's full question set (39,672 questions); sources: " + "; ".join(sorted({p.source for p in self.published})))
         return "\n".join(lines + [f"\n{n}" for n in notes])
 
     def interval_note(self) -> str:
         first = self.intervals[0]
         paired = next((d for d in self.delta_intervals if d is not None), None)
-        text = (f"[low, high]: {round(100 * first.confidence)} % bootstrap interval over images, stratified by dataset "
-                f"({first.n_boot} replicates, seed {first.seed})")
+        text = (
+            f"[low, high]: {round(100 * first.confidence)} % bootstrap interval over images, stratified by dataset "
+            f"({first.n_boot} replicates, seed {first.seed})"
+        )
         if paired is not None:
             text += "; deltas: paired intervals (the same resampled images in both runs), * = the interval excludes zero"
             text += "".join(f"; {n}" for n in paired.notes[:1])
@@ -120,8 +127,16 @@ class Comparison:
         if self.intervals:
             out["intervals"] = self.interval_note()
         if self.published:
-            out["published"] = [{"model": p.model, "table": p.table, "setting": p.setting, "source": p.source,
-                                 "Average": {c: p.rows.get("Average", {}).get(c) for c in self.columns}} for p in self.published]
+            out["published"] = [
+                {
+                    "model": p.model,
+                    "table": p.table,
+                    "setting": p.setting,
+                    "source": p.source,
+                    "Average": {c: p.rows.get("Average", {}).get(c) for c in self.columns},
+                }
+                for p in self.published
+            ]
         return json.dumps(out, indent=2)
 
     def verdict(self, label: str, column: str, paper: float, what: str = "", paper_text: str | None = None) -> str:
@@ -168,8 +183,7 @@ class Comparison:
             err = None
             if self.intervals:  # 95 % interval as an error bar (asymmetric)
                 ivs = [self.interval(label, c) for c in self.columns]
-                err = np.array([[max(0.0, y - iv[0]) if iv else 0.0 for y, iv in zip(ys, ivs)],
-                                [max(0.0, iv[1] - y) if iv else 0.0 for y, iv in zip(ys, ivs)]])
+                err = np.array([[max(0.0, y - iv[0]) if iv else 0.0 for y, iv in zip(ys, ivs)], [max(0.0, iv[1] - y) if iv else 0.0 for y, iv in zip(ys, ivs)]])
                 err = np.nan_to_num(err)
             xs = x + (i - (len(self.labels) - 1) / 2) * width
             ax.bar(xs, ys, width, label=label, yerr=err, capsize=2, error_kw={"elinewidth": 0.8})
@@ -218,8 +232,9 @@ def _csv_value(key: str, v):
     return f"{v:.2f}" if isinstance(v, float) else v
 
 
-def compare_runs(run_dirs, labels: list[str] | None = None, *, n_boot: int = 1000, confidence: float = 0.95,
-                 seed: int = 0, paper: str | None = None) -> Comparison:
+def compare_runs(
+    run_dirs, labels: list[str] | None = None, *, n_boot: int = 1000, confidence: float = 0.95, seed: int = 0, paper: str | None = None
+) -> Comparison:
     """Score each run folder (shards merged) and line up their Average rows, with bootstrap intervals
     (`n_boot` replicates; 0: none) and paired intervals for the deltas; `paper`: add published rows
     (`table2`, `all_result` or `all`)."""
@@ -241,11 +256,13 @@ def compare_runs(run_dirs, labels: list[str] | None = None, *, n_boot: int = 100
         all_records.append(records)
         avg = score_records(records).rows.get("Average", {})
         values.append({c: avg.get(c) for c in COLUMNS})
-        counts.append({
-            "questions": len({r.qid or i for i, r in enumerate(records)}),
-            "dropped": int(avg.get("Dropped") or 0),
-            "errors": sum(1 for r in records if r.error),
-        })
+        counts.append(
+            {
+                "questions": len({r.qid or i for i, r in enumerate(records)}),
+                "dropped": int(avg.get("Dropped") or 0),
+                "errors": sum(1 for r in records if r.error),
+            }
+        )
         ident = _identity(d)
         if ident.get("questions_sha256"):
             questions_files.add(ident["questions_sha256"])
@@ -264,8 +281,9 @@ def compare_runs(run_dirs, labels: list[str] | None = None, *, n_boot: int = 100
         from ..protocol.paper import published_results
 
         published = published_results(paper)
-    return Comparison(labels=labels or _labels(dirs), values=values, counts=counts, notes=notes,
-                      intervals=intervals, delta_intervals=delta_intervals, published=published)
+    return Comparison(
+        labels=labels or _labels(dirs), values=values, counts=counts, notes=notes, intervals=intervals, delta_intervals=delta_intervals, published=published
+    )
 
 
 def changed_answers(run_a, run_b, question_type: str | None = None) -> tuple[int, int]:
@@ -274,8 +292,11 @@ def changed_answers(run_a, run_b, question_type: str | None = None) -> tuple[int
     from ..protocol.scoring import latest_records, subtask_of
 
     def answers(d):
-        return {r.qid: r.model_answer for r in latest_records(run_records(Path(d)))
-                if r.qid and (question_type is None or subtask_of(r.question_type) == question_type)}
+        return {
+            r.qid: r.model_answer
+            for r in latest_records(run_records(Path(d)))
+            if r.qid and (question_type is None or subtask_of(r.question_type) == question_type)
+        }
 
     a, b = answers(run_a), answers(run_b)
     both = set(a) & set(b)
@@ -301,8 +322,9 @@ def cmd_compare(args) -> int:
         raise MmadError(f"--confidence {args.confidence}: give a level between 0 and 1, e.g. 0.95")
     if args.bootstrap < 0:
         raise MmadError(f"--bootstrap {args.bootstrap}: give a number of replicates >= 0 (0: no intervals)")
-    table = compare_runs(args.run_dirs, labels=args.label or None, n_boot=args.bootstrap, confidence=args.confidence,
-                         seed=args.bootstrap_seed, paper=args.paper)
+    table = compare_runs(
+        args.run_dirs, labels=args.label or None, n_boot=args.bootstrap, confidence=args.confidence, seed=args.bootstrap_seed, paper=args.paper
+    )
     if args.format == "csv":
         print(table.csv(), end="")
     elif args.format == "json":
@@ -322,11 +344,18 @@ def register_cli(sub) -> None:
     p.add_argument("--format", default="md", choices=["md", "csv", "json"], help="output format: md (default), csv or json")
     p.add_argument("--label", action="append", help="display name per run folder, in order (repeatable)")
     p.add_argument("--plot", help="also save a bar chart per subtask to this PNG file")
-    p.add_argument("--bootstrap", type=int, default=1000, metavar="N",
-                   help="bootstrap replicates over images for the intervals (default 1000; 0: no intervals)")
+    p.add_argument(
+        "--bootstrap", type=int, default=1000, metavar="N", help="bootstrap replicates over images for the intervals (default 1000; 0: no intervals)"
+    )
     p.add_argument("--confidence", type=float, default=0.95, help="interval level (default 0.95)")
     p.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the bootstrap (default 0)")
-    p.add_argument("--paper", nargs="?", const="table2", default=None, choices=["table2", "all_result", "all"],
-                   help="add published MMAD rows: table2 (the paper's Table 2, the default when given without a value), "
-                        "all_result (MMAD's released per-dataset CSVs) or all; default: none")
+    p.add_argument(
+        "--paper",
+        nargs="?",
+        const="table2",
+        default=None,
+        choices=["table2", "all_result", "all"],
+        help="add published MMAD rows: table2 (the paper's Table 2, the default when given without a value), "
+        "all_result (MMAD's released per-dataset CSVs) or all; default: none",
+    )
     p.set_defaults(func=cmd_compare)

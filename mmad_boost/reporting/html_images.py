@@ -1,5 +1,6 @@
 """The report page's pictures: every image it shows, deduplicated by file, made once into a small
 JPEG thumbnail in `report_files/` (reused by later reports of the same image) or a data URL."""
+
 from __future__ import annotations
 
 import base64

@@ -10,6 +10,7 @@ of rows is drawn at a time, so a 40k-question run opens in seconds.
 The page's data (runs, question rows) is gathered in html_rows.py, its pictures made in
 html_images.py; this module writes the page around them.
 """
+
 from __future__ import annotations
 
 import base64
@@ -46,10 +47,14 @@ def _robust_tables(run, cols, labels) -> str:
     """The --circular / --judge figures of a run, beside MMAD's table (never mixed into it)."""
     from .reports import robust_scores
 
-    what = {"circular": "CircularEval: right only if every rotation of the options is right (not MMAD's figure)",
-            "with judge": "with the judge's letters for unparsed answers (not MMAD's rule)"}
-    return "".join(f'<p class="meta">{html.escape(what[name])}</p><div class="tablewrap">{_scores_table(sc.rows, cols, labels, sc.intervals)}</div>'
-                   for name, sc in robust_scores(run.records).items())
+    what = {
+        "circular": "CircularEval: right only if every rotation of the options is right (not MMAD's figure)",
+        "with judge": "with the judge's letters for unparsed answers (not MMAD's rule)",
+    }
+    return "".join(
+        f'<p class="meta">{html.escape(what[name])}</p><div class="tablewrap">{_scores_table(sc.rows, cols, labels, sc.intervals)}</div>'
+        for name, sc in robust_scores(run.records).items()
+    )
 
 
 def _scores_table(rows: dict, columns, labels, intervals=None) -> str:
@@ -117,7 +122,7 @@ def _header(runs: list[Run], questions: list[dict], heatmaps: list[str | None], 
     from .reports import SHORT
     from ..protocol.scoring import SUBTASKS
 
-    parts = ["<section id=\"scores\">"]
+    parts = ['<section id="scores">']
     parsers = sorted({str(r.scores.parser) for r in runs if r.scores.parser})
     parts.append(
         '<p class="meta">Accuracy in %, MMAD\'s rule: unparsed answers are dropped from the accuracy and counted as parse failures'
@@ -138,7 +143,8 @@ def _header(runs: list[Run], questions: list[dict], heatmaps: list[str | None], 
         parts.append(
             f"<details{' open' if len(runs) == 1 else ''}><summary>Run {i + 1}: {html.escape(run.name)}, per dataset "
             f'<span class="meta">{meta}</span></summary><div class="tablewrap">{_scores_table(run.scores.rows, cols, labels, run.scores.intervals)}</div>'
-            + _robust_tables(run, cols[:8], labels) + "</details>"
+            + _robust_tables(run, cols[:8], labels)
+            + "</details>"
         )
     parts.append("</div>")
     parts.append("</section>")

@@ -4,6 +4,7 @@ every run's answer, aligned by question id. Rows use short keys to keep a 40k-qu
 (options), g (correct letter), img, tp (templates), dx (defect examples), a (one answer per run:
 a letter, s status c/w/p/e, r response, e error, l latency, t trace, x expert picture), ch (change
 against run 1)."""
+
 from __future__ import annotations
 
 import json

@@ -5,6 +5,7 @@ in report.md and the printed table, and as extra `<column> low/high` columns aft
 in scores.csv (MMAD's columns unchanged) and an `intervals` object in scores.json. Runs made with
 --circular or --judge get their second figures (robust.py) beside MMAD's, never mixed into it.
 """
+
 from __future__ import annotations
 
 import csv
@@ -78,8 +79,11 @@ def markdown_table(scores: Scores, columns=SUBTASKS + ("Average",), intervals: b
 def scores_json(scores: Scores, extra: dict | None = None) -> str:
     out = {"parser": scores.parser, "rows": scores.rows}
     if scores.intervals is not None:
-        out["intervals"] = {"method": scores.intervals.describe(), "confidence": scores.intervals.confidence,
-                            "rows": {n: {c: (list(b) if b else None) for c, b in r.items()} for n, r in scores.intervals.rows.items()}}
+        out["intervals"] = {
+            "method": scores.intervals.describe(),
+            "confidence": scores.intervals.confidence,
+            "rows": {n: {c: (list(b) if b else None) for c, b in r.items()} for n, r in scores.intervals.rows.items()},
+        }
     out.update(extra or {})
     return json.dumps(out, indent=2)
 
@@ -89,7 +93,13 @@ def report_markdown(run_dir: Path, records, scores: Scores) -> str:
     meta = _run_meta(run_dir)
     out = [f"# MMAD run report: `{run_dir.name}`", ""]
     if meta:
-        out += [f"- model: `{meta.get('model')}`", f"- setting: {meta.get('setting')}", f"- seed: {meta.get('seed')}", f"- answer parser: {meta.get('parser')}", ""]
+        out += [
+            f"- model: `{meta.get('model')}`",
+            f"- setting: {meta.get('setting')}",
+            f"- seed: {meta.get('seed')}",
+            f"- answer parser: {meta.get('parser')}",
+            "",
+        ]
     out += ["## Accuracy (%, MMAD's rule: unparsed answers dropped)", "", markdown_table(scores), ""]
     if scores.intervals is not None:
         out += [f"[low, high]: {scores.intervals.describe()}.", ""]
@@ -215,7 +225,7 @@ def radar_figure(runs: list[tuple[str, Scores]]):
         vals = [float(avg[s]) if avg.get(s) is not None else np.nan for s in SUBTASKS]
         for s, v in zip(SUBTASKS, vals):
             missing[s] += bool(np.isnan(v))
-        line, = ax.plot(angles + angles[:1], vals + vals[:1], label=label, marker="o", markersize=4, linewidth=1.8)
+        (line,) = ax.plot(angles + angles[:1], vals + vals[:1], label=label, marker="o", markersize=4, linewidth=1.8)
         if not np.isnan(vals).any():
             ax.fill(angles + angles[:1], vals + vals[:1], alpha=0.1, color=line.get_color())
     labels = []
@@ -262,14 +272,23 @@ def robust_sections(records, scores: Scores) -> list[str]:
     extra = robust_scores(records)
     if "circular" in extra:
         n = sum(1 for r in records if r.circular_correct is not None)
-        out += ["## CircularEval accuracy (right only if every rotation of the options is right; not MMAD's figure)", "",
-                f"{n} questions asked in every rotation; parse failures count wrong here. MMAD's single-shuffle accuracy is the table above.", "",
-                markdown_table(extra["circular"]), ""]
+        out += [
+            "## CircularEval accuracy (right only if every rotation of the options is right; not MMAD's figure)",
+            "",
+            f"{n} questions asked in every rotation; parse failures count wrong here. MMAD's single-shuffle accuracy is the table above.",
+            "",
+            markdown_table(extra["circular"]),
+            "",
+        ]
     if "with judge" in extra:
         judged = sum(1 for r in records if r.judge is not None and r.judge.answer and r.model_answer is None)
         asked = sum(1 for r in records if r.judge is not None)
-        out += ["## Accuracy with the judge (judge letters stand in for unparsed answers; not MMAD's rule)", "",
-                f"The judge was asked about {asked} unparsed responses and gave a letter for {judged}. "
-                "Without the judge (MMAD's rule) is the table above.", "",
-                markdown_table(extra["with judge"]), ""]
+        out += [
+            "## Accuracy with the judge (judge letters stand in for unparsed answers; not MMAD's rule)",
+            "",
+            f"The judge was asked about {asked} unparsed responses and gave a letter for {judged}. Without the judge (MMAD's rule) is the table above.",
+            "",
+            markdown_table(extra["with judge"]),
+            "",
+        ]
     return out

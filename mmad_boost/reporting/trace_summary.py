@@ -2,6 +2,7 @@
 
 Traces are per image (all questions of an image share one), so figures count images, not questions.
 """
+
 from __future__ import annotations
 
 from collections import Counter, defaultdict

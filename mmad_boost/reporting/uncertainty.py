@@ -13,6 +13,7 @@ that both runs share (hard images are hard for both) cancels from the difference
 Vectorised: per-image correct/count matrices times a (replicates x images) weight matrix; a
 40k-question run takes well under a second per 1,000 replicates. Seeded and reproducible.
 """
+
 from __future__ import annotations
 
 import math
@@ -56,8 +57,11 @@ class Intervals:
         small = {ds: n for ds, n in self.images.items() if n < minimum}
         if not small:
             return ""
-        return ("few images (" + ", ".join(f"{ds}: {n}" for ds, n in small.items())
-                + f"; under {minimum} per dataset the intervals are rough and tend to be too narrow)")
+        return (
+            "few images ("
+            + ", ".join(f"{ds}: {n}" for ds, n in small.items())
+            + f"; under {minimum} per dataset the intervals are rough and tend to be too narrow)"
+        )
 
 
 @dataclass
@@ -199,8 +203,7 @@ def score_intervals(records, *, n_boot: int = 1000, confidence: float = 0.95, se
     (reps,) = _replicates([(c, n)], strata, len(images), len(datasets), n_boot, seed, True)
     lo, hi = _bounds(reps, confidence)
     pts, ivs = _to_rows(names, point, lo, hi)
-    return Intervals(rows=ivs, point=pts, confidence=confidence, n_boot=n_boot, seed=seed,
-                     images={ds: len(strata[i]) for ds, i in datasets.items()})
+    return Intervals(rows=ivs, point=pts, confidence=confidence, n_boot=n_boot, seed=seed, images={ds: len(strata[i]) for ds, i in datasets.items()})
 
 
 def paired_delta_intervals(records_a, records_b, *, n_boot: int = 1000, confidence: float = 0.95, seed: int = 0, paired: bool = True) -> DeltaIntervals:
@@ -224,8 +227,17 @@ def paired_delta_intervals(records_a, records_b, *, n_boot: int = 1000, confiden
     method = "paired percentile bootstrap over images (same images in both runs), stratified by dataset"
     if not paired:
         method = "unpaired percentile bootstrap over images, stratified by dataset"
-    return DeltaIntervals(rows=ivs, point=pts, confidence=confidence, n_boot=n_boot, seed=seed, method=method,
-                          images={ds: len(strata[i]) for ds, i in datasets.items()}, paired=paired, notes=notes)
+    return DeltaIntervals(
+        rows=ivs,
+        point=pts,
+        confidence=confidence,
+        n_boot=n_boot,
+        seed=seed,
+        method=method,
+        images={ds: len(strata[i]) for ds, i in datasets.items()},
+        paired=paired,
+        notes=notes,
+    )
 
 
 # -- display -------------------------------------------------------------------

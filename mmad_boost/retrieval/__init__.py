@@ -5,13 +5,21 @@
 
 Names load on first use, so `mmad-boost` starts without numpy, torch, FAISS or langchain.
 """
+
 from importlib import import_module
 
 _EXPORTS = {
-    "KnowledgeRetriever": "retriever", "Retrieval": "retriever", "MODES": "retriever", "DEFAULT_THRESHOLD": "retriever",
-    "KnowledgeSet": "knowledge", "CategoryKnowledge": "knowledge", "Entry": "knowledge",
-    "load_knowledge": "knowledge", "import_mmad_knowledge": "knowledge",
-    "create_encoder": "encoders", "Encoder": "encoders",
+    "KnowledgeRetriever": "retriever",
+    "Retrieval": "retriever",
+    "MODES": "retriever",
+    "DEFAULT_THRESHOLD": "retriever",
+    "KnowledgeSet": "knowledge",
+    "CategoryKnowledge": "knowledge",
+    "Entry": "knowledge",
+    "load_knowledge": "knowledge",
+    "import_mmad_knowledge": "knowledge",
+    "create_encoder": "encoders",
+    "Encoder": "encoders",
     "VectorStore": "store",
     "LangchainKnowledgeRetriever": "langchain",
 }

@@ -6,6 +6,7 @@ A category with a single reference cannot be left out (nothing of it would remai
 References were chosen to cover their category (k-center), so each is farther from the rest than
 a typical query is from its nearest reference: the estimate errs on the cautious side.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -30,8 +31,9 @@ def leave_one_out(r) -> list[dict]:
         d = r.decide(ids, sims[ids], None if patches is None else patches[i], exclude=i)
         if not d["order"]:
             continue
-        out.append({"truth": truth, "guess": d["order"][0], "global_guess": d["ranked"][0][0], "margin": d["margin"],
-                    "in_domain": d["ranked"][0][1] >= r.threshold})
+        out.append(
+            {"truth": truth, "guess": d["order"][0], "global_guess": d["ranked"][0][0], "margin": d["margin"], "in_domain": d["ranked"][0][1] >= r.threshold}
+        )
     return out
 
 
@@ -51,8 +53,12 @@ def calibrate(r, max_risk: float = 0.0) -> dict:
     accepted = [m >= t for m in margins]
     kept = [o for o, a in zip(ok, accepted) if a]
     r.calibration = {
-        "left_out": len(rows), "max_risk": max_risk, "margin_threshold": t,
-        "top1": float(np.mean(ok)), "top1_global": float(np.mean([x["global_guess"] == x["truth"] for x in rows])),
-        "unknown_rate": 1.0 - float(np.mean(accepted)), "accuracy_accepted": float(np.mean(kept)) if kept else None,
+        "left_out": len(rows),
+        "max_risk": max_risk,
+        "margin_threshold": t,
+        "top1": float(np.mean(ok)),
+        "top1_global": float(np.mean([x["global_guess"] == x["truth"] for x in rows])),
+        "unknown_rate": 1.0 - float(np.mean(accepted)),
+        "accuracy_accepted": float(np.mean(kept)) if kept else None,
     }
     return r.calibration

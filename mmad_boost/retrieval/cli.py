@@ -2,6 +2,7 @@
 
 Top-level imports stay light; torch and FAISS load inside the commands.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,21 +20,34 @@ def register_cli(sub) -> None:
 
     b = kbs.add_parser("build", help="encode reference images (train/good) and the knowledge into KB_DIR")
     b.add_argument("--data", required=True, help="MMAD-layout root: references from <Dataset>/<category>/train/good")
-    b.add_argument("--knowledge", action="append", default=[], metavar="PATH", help="knowledge folder or .toml file (repeatable; default: the shipped knowledge_base/)")
+    b.add_argument(
+        "--knowledge", action="append", default=[], metavar="PATH", help="knowledge folder or .toml file (repeatable; default: the shipped knowledge_base/)"
+    )
     b.add_argument("--mmad-knowledge", metavar="FILE", help="import MMAD's domain_knowledge.json")
     b.add_argument("--encoder", default=DEFAULT_IMAGE_ENCODER, help=f"{DEFAULT_IMAGE_ENCODER} (default) or open_clip:<arch>:<weights file>")
     b.add_argument("--refs-per-category", type=int, default=5, metavar="N", help="reference images per category (default 5; 0 = all)")
     b.add_argument("--index", default=KINDS[0], choices=KINDS, help="FAISS index: flat (exact), ivf or hnsw (approximate, for large KBs); default flat")
     b.add_argument("--threshold", type=float, help="similarity below which a query is 'unknown' (default 0.5)")
-    b.add_argument("--ref-selection", default="k-center", choices=["k-center", "first"],
-                   help="how references are picked from train/good: k-center (cover the category's variation, from up to 8 x N "
-                        "candidates spread over the folder) or first (the first N by name); default k-center")
-    b.add_argument("--no-rerank", action="store_true",
-                   help="global embedding only; default: a second stage re-ranks the shortlist by patch matching "
-                        "(tells look-alike products apart; stores patch features in KB_DIR)")
-    b.add_argument("--max-risk", type=float, default=0.0, metavar="R",
-                   help="share of leave-one-out mistakes the calibrated margin may still accept (0-1; default 0: "
-                        "every leave-one-out mistake would have been 'unknown')")
+    b.add_argument(
+        "--ref-selection",
+        default="k-center",
+        choices=["k-center", "first"],
+        help="how references are picked from train/good: k-center (cover the category's variation, from up to 8 x N "
+        "candidates spread over the folder) or first (the first N by name); default k-center",
+    )
+    b.add_argument(
+        "--no-rerank",
+        action="store_true",
+        help="global embedding only; default: a second stage re-ranks the shortlist by patch matching "
+        "(tells look-alike products apart; stores patch features in KB_DIR)",
+    )
+    b.add_argument(
+        "--max-risk",
+        type=float,
+        default=0.0,
+        metavar="R",
+        help="share of leave-one-out mistakes the calibrated margin may still accept (0-1; default 0: every leave-one-out mistake would have been 'unknown')",
+    )
     b.add_argument("--text", action="store_true", help="also index the knowledge chunks for text retrieval (MiniLM)")
     b.add_argument("--out", required=True, help="KB folder to write")
     b.add_argument("--no-progress", action="store_true", help="no progress messages, also none from libraries (default: shown)")
@@ -84,29 +98,46 @@ def cmd_build(args) -> int:
     in_data = {(kds, cat) for (_, kds), cats in found.items() for cat in cats}
     missing = sorted(f"{d}/{c}" for d, c in in_data if ks.find(c, d) is None or ks.find(c, d).dataset != d)
     if len(missing) == len(in_data):
-        raise MmadError(f"--data {args.data}: no knowledge for any of its categories ({', '.join(missing[:6])}); "
-                        "pass --knowledge PATH or --mmad-knowledge FILE covering them")
+        raise MmadError(
+            f"--data {args.data}: no knowledge for any of its categories ({', '.join(missing[:6])}); "
+            "pass --knowledge PATH or --mmad-knowledge FILE covering them"
+        )
     if missing:
         print(f"note: no knowledge for {', '.join(missing)}; they are left out of the KB", file=sys.stderr)
     from ..running.progress import stage
 
     refs = sum(len(imgs) for cats in found.values() for imgs in cats.values())
-    with stage(f"kb build: encoding reference images with {args.encoder}" + (" and knowledge text with MiniLM" if args.text else ""),
-               kind=f"kb-build:{args.encoder}" + (":text" if args.text else ""), units=refs, unit="candidate reference images"):
-        r = KnowledgeRetriever.build(ks, args.data, refs_per_category=args.refs_per_category, image_encoder=args.encoder,
-                                     text=args.text, store_kind=args.index, selection=args.ref_selection,
-                                     rerank=not args.no_rerank, max_risk=args.max_risk,
-                                     threshold=args.threshold if args.threshold is not None else DEFAULT_THRESHOLD)
+    with stage(
+        f"kb build: encoding reference images with {args.encoder}" + (" and knowledge text with MiniLM" if args.text else ""),
+        kind=f"kb-build:{args.encoder}" + (":text" if args.text else ""),
+        units=refs,
+        unit="candidate reference images",
+    ):
+        r = KnowledgeRetriever.build(
+            ks,
+            args.data,
+            refs_per_category=args.refs_per_category,
+            image_encoder=args.encoder,
+            text=args.text,
+            store_kind=args.index,
+            selection=args.ref_selection,
+            rerank=not args.no_rerank,
+            max_risk=args.max_risk,
+            threshold=args.threshold if args.threshold is not None else DEFAULT_THRESHOLD,
+        )
     r.save(args.out)
     with_refs = sum(1 for c in ks if c.references)
-    print(f"KB {args.out}: {len(ks)} categories ({with_refs} with reference images), {len(r.image_store)} references, "
-          f"encoder {args.encoder}, index {args.index}, references by {args.ref_selection}"
-          + ("" if args.no_rerank else ", re-ranked by patch matching"))
+    print(
+        f"KB {args.out}: {len(ks)} categories ({with_refs} with reference images), {len(r.image_store)} references, "
+        f"encoder {args.encoder}, index {args.index}, references by {args.ref_selection}" + ("" if args.no_rerank else ", re-ranked by patch matching")
+    )
     cal = r.calibration
     if cal.get("left_out"):
-        print(f"leave-one-out over {cal['left_out']} references: top-1 {100 * cal['top1']:.1f} % re-ranked "
-              f"({100 * cal['top1_global']:.1f} % global only); margin threshold {cal['margin_threshold']:.3f} "
-              f"(unknown for {100 * cal['unknown_rate']:.1f} % of them)")
+        print(
+            f"leave-one-out over {cal['left_out']} references: top-1 {100 * cal['top1']:.1f} % re-ranked "
+            f"({100 * cal['top1_global']:.1f} % global only); margin threshold {cal['margin_threshold']:.3f} "
+            f"(unknown for {100 * cal['unknown_rate']:.1f} % of them)"
+        )
     elif cal.get("note"):
         print(f"note: {cal['note']}", file=sys.stderr)
     return 0
@@ -125,10 +156,23 @@ def cmd_query(args) -> int:
     for img in args.images:
         res = r.retrieve(mode="image", image=load_rgb(Path(img)))  # untrusted file: one line for a damaged image or a decompression bomb
         if args.json:
-            print(json.dumps({"image": img, "category": res.category, "dataset": res.dataset, "score": res.score,
-                              "runner_up": res.runner_up, "runner_up_score": res.runner_up_score, "guess": res.guess,
-                              "margin": res.margin, "encode_ms": round(res.encode_ms, 2), "search_ms": round(res.search_ms, 3),
-                              "rerank_ms": round(res.rerank_ms, 2)}))
+            print(
+                json.dumps(
+                    {
+                        "image": img,
+                        "category": res.category,
+                        "dataset": res.dataset,
+                        "score": res.score,
+                        "runner_up": res.runner_up,
+                        "runner_up_score": res.runner_up_score,
+                        "guess": res.guess,
+                        "margin": res.margin,
+                        "encode_ms": round(res.encode_ms, 2),
+                        "search_ms": round(res.search_ms, 3),
+                        "rerank_ms": round(res.rerank_ms, 2),
+                    }
+                )
+            )
         else:
             cat = f"{res.dataset}/{res.category}" if res.category else "unknown"
             print(f"{img}\t{cat}\tscore {_fmt(res.score)}\trunner-up {res.runner_up or '-'} ({_fmt(res.runner_up_score)})")
@@ -152,8 +196,15 @@ def evaluate(retriever, bench, ood_images: list[Path]) -> dict:
         search.append(res.search_ms)
         rerank.append(res.rerank_ms)
         truth = f"{knowledge_dataset(s.dataset)}/{s.category}"
-        decisions.append((truth, f"{res.dataset}/{res.category}" if res.category else None, res.guess,
-                          res.score is not None and res.score >= retriever.threshold, res.margin if res.margin is not None else 0.0))
+        decisions.append(
+            (
+                truth,
+                f"{res.dataset}/{res.category}" if res.category else None,
+                res.guess,
+                res.score is not None and res.score >= retriever.threshold,
+                res.margin if res.margin is not None else 0.0,
+            )
+        )
         ok = res.category == s.category and res.dataset == knowledge_dataset(s.dataset)
         correct += ok
         unknown += res.category is None
@@ -168,14 +219,21 @@ def evaluate(retriever, bench, ood_images: list[Path]) -> dict:
         ood_unknown += res.category is None
     n = len(samples)
     return {
-        "images": n, "missing_images": len(bench.samples) - n, "top1_accuracy": correct / n if n else None, "unknown_rate_in_domain": unknown / n if n else None,
-        "ood_images": len(ood_images), "ood_unknown_rate": ood_unknown / len(ood_images) if ood_images else None,
-        "encode_ms": sum(enc) / len(enc) if enc else None, "search_ms": sum(search) / len(search) if search else None,
+        "images": n,
+        "missing_images": len(bench.samples) - n,
+        "top1_accuracy": correct / n if n else None,
+        "unknown_rate_in_domain": unknown / n if n else None,
+        "ood_images": len(ood_images),
+        "ood_unknown_rate": ood_unknown / len(ood_images) if ood_images else None,
+        "encode_ms": sum(enc) / len(enc) if enc else None,
+        "search_ms": sum(search) / len(search) if search else None,
         "per_category": {k: v[0] / v[1] for k, v in sorted(per_cat.items())},
         "rerank_ms": sum(rerank) / len(rerank) if rerank else None,
         "references": len(retriever.image_store) if retriever.image_store is not None else 0,
-        "threshold": retriever.threshold, "margin_threshold": retriever.margin_threshold,
-        "confusion": confusion(decisions), "coverage": coverage_curve(decisions),
+        "threshold": retriever.threshold,
+        "margin_threshold": retriever.margin_threshold,
+        "confusion": confusion(decisions),
+        "coverage": coverage_curve(decisions),
     }
 
 
@@ -232,8 +290,7 @@ def cmd_eval(args) -> int:
     for cat, acc in res["per_category"].items():
         print(f"  {cat:30s} {pct(acc)}")
     print_confusion(res["confusion"])
-    print("accuracy at coverage (most confident share answered): "
-          + "  ".join(f"{100 * p['coverage']:.0f} %: {pct(p['accuracy'])}" for p in res["coverage"]))
+    print("accuracy at coverage (most confident share answered): " + "  ".join(f"{100 * p['coverage']:.0f} %: {pct(p['accuracy'])}" for p in res["coverage"]))
     if args.json:
         print(json.dumps(res))
     return 0

@@ -3,6 +3,7 @@
 Kept apart from retriever.py so that the query path and leave-one-out calibration (calibration.py)
 run the very same code: `decide` takes the global search's rows and can leave one row out.
 """
+
 from __future__ import annotations
 
 import time
@@ -47,7 +48,7 @@ class TwoStageDecision:
             dist, at = {}, 0
             for c, ks in zip(short, keep):
                 if ks:
-                    dist[c] = float(dist_all[at:at + len(ks)].min())
+                    dist[c] = float(dist_all[at : at + len(ks)].min())
                     at += len(ks)
             order = sorted(dist, key=dist.get)
             out["order"] = order + [c for c, _ in ranked if c not in dist]
@@ -98,8 +99,10 @@ def rank_votes(per_cat: dict, k: int) -> list[tuple[tuple[str, str], float]]:
     votes: dict = {}
     for s, cat in flat:
         votes[cat] = votes.get(cat, 0.0) + s
+
     def score(cat):
         ss = sorted(per_cat[cat], reverse=True)[: max(1, min(k, sum(1 for _, c in flat if c == cat)))]
         return float(np.mean(ss))
+
     order = sorted(per_cat, key=lambda c: (-votes.get(c, float("-inf")), -max(per_cat[c])))
     return [(c, score(c)) for c in order]

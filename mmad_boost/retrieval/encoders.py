@@ -5,6 +5,7 @@ Names (the `ENCODERS` registry): `efficientnet-lite0` (image; ImageNet weights s
 package-shipped sentence-transformers all-MiniLM-L6-v2). Each encoder has an `identity`
 (name, weights sha256, dim) that stores keep and check on load.
 """
+
 from __future__ import annotations
 
 import threading
@@ -178,7 +179,7 @@ def _encode_batched(items, encode_batch, dim: int) -> np.ndarray:
     if not items:
         return np.zeros((0, dim), np.float32)
     with torch.inference_mode():
-        out = [encode_batch(list(items[i:i + _BATCH])).float().numpy() for i in range(0, len(items), _BATCH)]
+        out = [encode_batch(list(items[i : i + _BATCH])).float().numpy() for i in range(0, len(items), _BATCH)]
     return _normalise(np.concatenate(out))
 
 

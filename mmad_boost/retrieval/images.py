@@ -1,5 +1,6 @@
 """Query and reference images as the retriever reads them: references decoded small (the encoders work
 at <= 224 px), and a large query shrunk the same way so both reach the patch re-ranker alike."""
+
 from __future__ import annotations
 
 from pathlib import Path

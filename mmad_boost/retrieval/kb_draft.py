@@ -8,6 +8,7 @@ shipped format (knowledge_base/README.md) with a `[draft]` table: the model, the
 the date. `kb build` accepts drafts; a person reviews the text and deletes the `[draft]` table.
 A file without `[draft]` (reviewed, or written by hand) is never overwritten; a draft is redrafted.
 """
+
 from __future__ import annotations
 
 import re
@@ -30,7 +31,7 @@ NORMAL_ASK = (
     "Reply with the description only."
 )
 DEFECT_ASK = (
-    "The first image above shows a normal {what}. The {n} images after it show the defect \"{name}\"{marked}. "
+    'The first image above shows a normal {what}. The {n} images after it show the defect "{name}"{marked}. '
     "Describe in 2 or 3 sentences how this defect looks and where it appears, so that an inspector can recognise it "
     "and tell it from normal variation. Reply with the description only."
 )
@@ -187,12 +188,15 @@ def cmd_draft(args) -> int:
     bench = Benchmark(args.data, args.questions)
     model = create_model(args.model, **_model_options(args))
     try:
-        res = draft_knowledge(bench, model, Path(args.out), model_spec=args.model, normals=args.normals, per_defect=args.per_defect,
-                              log=lambda m: print(m, file=sys.stderr))
+        res = draft_knowledge(
+            bench, model, Path(args.out), model_spec=args.model, normals=args.normals, per_defect=args.per_defect, log=lambda m: print(m, file=sys.stderr)
+        )
     finally:
         close = getattr(model, "close", None)
         if callable(close):
             close()
-    print(f"{len(res['written'])} drafts written, {len(res['kept'])} reviewed files kept in {args.out}; review them, then "
-          f"mmad-boost kb build --data {args.data} --knowledge {args.out} --out KB")
+    print(
+        f"{len(res['written'])} drafts written, {len(res['kept'])} reviewed files kept in {args.out}; review them, then "
+        f"mmad-boost kb build --data {args.data} --knowledge {args.out} --out KB"
+    )
     return 0

@@ -5,6 +5,7 @@ folder without it is not a KB), `knowledge.json` (the categories), the vector st
 with a re-ranker `image_patches.npy` (float16 patch features, one row per image reference). Every file
 is untrusted on load: a missing or damaged one is a one-line error that says to rebuild.
 """
+
 from __future__ import annotations
 
 import json
@@ -34,8 +35,16 @@ def save_kb(r, directory: str | Path, refs_per_category: int | None = None) -> P
     """Write retriever `r` (a KnowledgeRetriever) to `directory`, building its image store first if needed."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
-    manifest = {"format": KB_FORMAT, "k": r.k, "threshold": r.threshold, "budget": r.budget,
-                "top_k_chunks": r.top_k_chunks, "store_kind": r.store_kind, "source": r.source, "stores": {}}
+    manifest = {
+        "format": KB_FORMAT,
+        "k": r.k,
+        "threshold": r.threshold,
+        "budget": r.budget,
+        "top_k_chunks": r.top_k_chunks,
+        "store_kind": r.store_kind,
+        "source": r.source,
+        "stores": {},
+    }
     has_refs = any(c.references for c in r.knowledge) or r.image_store is not None
     if has_refs:
         r._ensure_image_store(refs_per_category).save(d, "image")
@@ -74,16 +83,25 @@ def load_kb(cls, d: Path, image_encoder: str | Encoder | None = None, text_encod
             stores[kind] = VectorStore.load(d, kind)
             enc = create_encoder(info["encoder"])
             if not same_encoder(enc.identity, stores[kind].identity):
-                raise MmadError(f"{d}: the {kind} store was built with {describe(stores[kind].identity)} but "
-                                f"{info['encoder']} now loads as {describe(enc.identity)}; rebuild with `mmad-boost kb build`")
+                raise MmadError(
+                    f"{d}: the {kind} store was built with {describe(stores[kind].identity)} but "
+                    f"{info['encoder']} now loads as {describe(enc.identity)}; rebuild with `mmad-boost kb build`"
+                )
         encoders[kind] = enc
     opts = {k: manifest[k] for k in SETTINGS if k in manifest}
     if manifest.get("rerank") and "image" in stores:
         opts["rerank"] = manifest["rerank"]
         opts["ref_patches"] = load_patches(d / "image_patches.npy", len(stores["image"]))
     opts.update(kw)
-    return cls(KnowledgeSet(cats), image_encoder=encoders["image"] or DEFAULT_IMAGE_ENCODER, text_encoder=encoders["text"],
-               image_store=stores.get("image"), text_store=stores.get("text"), source=str(d), **opts)
+    return cls(
+        KnowledgeSet(cats),
+        image_encoder=encoders["image"] or DEFAULT_IMAGE_ENCODER,
+        text_encoder=encoders["text"],
+        image_store=stores.get("image"),
+        text_store=stores.get("text"),
+        source=str(d),
+        **opts,
+    )
 
 
 def load_patches(f: Path, rows: int) -> np.ndarray:

@@ -14,6 +14,7 @@ One TOML file per category (documented in knowledge_base/README.md):
 MMAD's `domain_knowledge.json` is imported verbatim (entries kept in file order) so that oracle
 mode reproduces MMAD's prompt text exactly.
 """
+
 from __future__ import annotations
 
 import json
@@ -97,15 +98,26 @@ class CategoryKnowledge:
 
     def to_json(self) -> dict:
         return {
-            "dataset": self.dataset, "category": self.category, "verbatim": self.verbatim, "source": self.source,
+            "dataset": self.dataset,
+            "category": self.category,
+            "verbatim": self.verbatim,
+            "source": self.source,
             "entries": [{"name": e.name, "kind": e.kind, "text": e.text} for e in self.entries],
-            "references": [str(p) for p in self.references], "title": self.title,
+            "references": [str(p) for p in self.references],
+            "title": self.title,
         }
 
     @classmethod
     def from_json(cls, d: dict) -> "CategoryKnowledge":
-        return cls(d["dataset"], d["category"], [Entry(**e) for e in d["entries"]],
-                   [Path(p) for p in d.get("references", [])], bool(d.get("verbatim")), d.get("source", ""), d.get("title", ""))
+        return cls(
+            d["dataset"],
+            d["category"],
+            [Entry(**e) for e in d["entries"]],
+            [Path(p) for p in d.get("references", [])],
+            bool(d.get("verbatim")),
+            d.get("source", ""),
+            d.get("title", ""),
+        )
 
 
 class KnowledgeSet:
@@ -189,7 +201,9 @@ def load_category_file(path: str | Path) -> CategoryKnowledge:
     if extra:
         raise MmadError(f"{path}: unknown field(s) {', '.join(extra)}; allowed: {', '.join(sorted(known))}")
     if "draft" in d and not isinstance(d["draft"], dict):  # provenance of `kb draft` (kb_draft.py); deleted on review
-        raise MmadError(f"{path}: 'draft' must be the [draft] table written by `mmad-boost kb draft` (model, date, images); delete it once the text is reviewed")
+        raise MmadError(
+            f"{path}: 'draft' must be the [draft] table written by `mmad-boost kb draft` (model, date, images); delete it once the text is reviewed"
+        )
     dataset, category = _need_str(path, d, "dataset"), _need_str(path, d, "category")
     entries = [Entry("good", "normal", _need_str(path, d, "normal"))]
     defects = d.get("defect", [])
@@ -199,8 +213,9 @@ def load_category_file(path: str | Path) -> CategoryKnowledge:
     for i, t in enumerate(defects):
         where = path.with_name(f"{path.name} [[defect]] #{i + 1}")
         if not isinstance(t, dict) or set(t) - {"name", "description"}:
-            raise MmadError(f"{where}: each [[defect]] holds exactly 'name' and 'description' "
-                            "(top-level fields such as summary must come before the first [[defect]])")
+            raise MmadError(
+                f"{where}: each [[defect]] holds exactly 'name' and 'description' (top-level fields such as summary must come before the first [[defect]])"
+            )
         name, desc = _need_str(where, t, "name"), _need_str(where, t, "description")
         if name in names:
             raise MmadError(f"{where}: defect {name!r} is listed twice; merge the two")

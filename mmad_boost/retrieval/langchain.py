@@ -1,9 +1,10 @@
 """The knowledge base as a langchain-core retriever (no langchain-community needed).
 
-    lc = LangchainKnowledgeRetriever(retriever=KnowledgeRetriever.load("kb/"))
-    docs = lc.invoke("What does a leak look like on the capsules?")  # text query -> chunks
-    docs = lc.invoke("/path/query.png")                              # image path -> its category's entries
+lc = LangchainKnowledgeRetriever(retriever=KnowledgeRetriever.load("kb/"))
+docs = lc.invoke("What does a leak look like on the capsules?")  # text query -> chunks
+docs = lc.invoke("/path/query.png")                              # image path -> its category's entries
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -37,9 +38,16 @@ class LangchainKnowledgeRetriever(BaseRetriever):
             r = self.retriever.retrieve(mode="text", question=query, dataset=self.dataset, category=self.category, top_k=self.k)
             chunks = r.chunks
         return [
-            Document(page_content=c["text"], metadata={
-                "dataset": c["dataset"], "category": c["category"], "entry": c["entry"], "kind": c["kind"],
-                "score": c["score"] if c["score"] is not None else r.score, "mode": r.mode,
-            })
+            Document(
+                page_content=c["text"],
+                metadata={
+                    "dataset": c["dataset"],
+                    "category": c["category"],
+                    "entry": c["entry"],
+                    "kind": c["kind"],
+                    "score": c["score"] if c["score"] is not None else r.score,
+                    "mode": r.mode,
+                },
+            )
             for c in chunks
         ]

@@ -1,5 +1,6 @@
 """Where reference images come from (MMAD-layout roots, the bundled VisA sample) and the on-disk
 cache of the default retriever's reference index."""
+
 from __future__ import annotations
 
 import hashlib

@@ -18,6 +18,7 @@ category's distance is that of its nearest reference.
 Only the references of the `shortlist` best categories of the global stage are compared, so the
 cost per query is bounded by shortlist x references per category, whatever the number of categories.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -39,8 +40,7 @@ MIN_MARGIN = 0.02  # relative margin under which two categories are a tie, whate
 class PatchReranker:
     """Patch features of images and Chamfer distances between them (one shared backbone per process)."""
 
-    def __init__(self, backbone: str = DEFAULT_BACKBONE, size: int = DEFAULT_SIZE, shortlist: int = DEFAULT_SHORTLIST,
-                 radius: int | None = DEFAULT_RADIUS):
+    def __init__(self, backbone: str = DEFAULT_BACKBONE, size: int = DEFAULT_SIZE, shortlist: int = DEFAULT_SHORTLIST, radius: int | None = DEFAULT_RADIUS):
         if int(size) < 32 or int(shortlist) < 1 or (radius is not None and int(radius) < 0):
             raise MmadError(f"re-ranker size {size}, shortlist {shortlist}, radius {radius}: use size >= 32, shortlist >= 1, radius >= 0 or None")
         parse_spec(backbone)  # a missing weights file fails here, not at the first query
@@ -57,8 +57,9 @@ class PatchReranker:
 
     @classmethod
     def from_config(cls, cfg: dict) -> "PatchReranker":
-        return cls(cfg.get("backbone", DEFAULT_BACKBONE), cfg.get("size", DEFAULT_SIZE), cfg.get("shortlist", DEFAULT_SHORTLIST),
-                   cfg.get("radius", DEFAULT_RADIUS))
+        return cls(
+            cfg.get("backbone", DEFAULT_BACKBONE), cfg.get("size", DEFAULT_SIZE), cfg.get("shortlist", DEFAULT_SHORTLIST), cfg.get("radius", DEFAULT_RADIUS)
+        )
 
     def features(self, images: list[Image.Image]) -> np.ndarray:
         """(N, patches, C) float32, each patch L2-normalised (brightness changes scale features)."""
@@ -77,7 +78,7 @@ class PatchReranker:
         if self.radius is None:
             return None
         if patches not in self._windows:
-            g = int(round(patches ** 0.5))
+            g = int(round(patches**0.5))
             y, x = np.divmod(np.arange(patches), g)
             near = (np.abs(y[:, None] - y[None]) <= self.radius) & (np.abs(x[:, None] - x[None]) <= self.radius)
             self._windows[patches] = np.where(near, 0.0, -4.0).astype(np.float32)[:, None, :]  # added: out of reach = never nearest

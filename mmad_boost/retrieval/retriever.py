@@ -9,6 +9,7 @@ Modes (`retrieve(mode=...)`):
 - `text`: the knowledge chunks most similar to the question (and options) text.
 - `image+text`: the category by image, then that category's chunks ranked by the question.
 """
+
 from __future__ import annotations
 
 import threading
@@ -150,9 +151,18 @@ class KnowledgeRetriever(TwoStageDecision):
         return _DEFAULT
 
     @classmethod
-    def build(cls, knowledge: KnowledgeSet, data_root: str | Path | None = None, *, refs_per_category: int = DEFAULT_REFS,
-              image_encoder: str = DEFAULT_IMAGE_ENCODER, text: bool = False, selection: str = "k-center",
-              max_risk: float = 0.0, **kw) -> "KnowledgeRetriever":
+    def build(
+        cls,
+        knowledge: KnowledgeSet,
+        data_root: str | Path | None = None,
+        *,
+        refs_per_category: int = DEFAULT_REFS,
+        image_encoder: str = DEFAULT_IMAGE_ENCODER,
+        text: bool = False,
+        selection: str = "k-center",
+        max_risk: float = 0.0,
+        **kw,
+    ) -> "KnowledgeRetriever":
         """Encode reference images now: from each category's `train/good` under an MMAD-layout root, or the
         references its knowledge file lists. `selection`: `k-center` picks references that cover the
         category's variation (from a pool of up to 8 x refs_per_category images), `first` the first N.
@@ -242,8 +252,16 @@ class KnowledgeRetriever(TwoStageDecision):
             self.text_store = store
 
     # -- retrieval ----------------------------------------------------------------------------------------------
-    def retrieve(self, *, mode: str = "oracle", image=None, dataset: str | None = None, category: str | None = None,
-                 question: str | None = None, top_k: int | None = None) -> Retrieval:
+    def retrieve(
+        self,
+        *,
+        mode: str = "oracle",
+        image=None,
+        dataset: str | None = None,
+        category: str | None = None,
+        question: str | None = None,
+        top_k: int | None = None,
+    ) -> Retrieval:
         """`top_k`: chunks kept by text ranking (default: the retriever's top_k_chunks, else 5)."""
         if mode not in MODES:
             raise MmadError(f"retrieval mode {mode!r}: use one of {', '.join(MODES)}")
@@ -351,8 +369,14 @@ class KnowledgeRetriever(TwoStageDecision):
     # -- identity and persistence -----------------------------------------------------------------------------
     def config(self) -> dict:
         """Identity for run.json; stable across resumes (never depends on what was lazily built yet)."""
-        cfg = {"source": self.source, "categories": len(self.knowledge), "k": self.k, "threshold": self.threshold,
-               "budget": self.budget, "image_encoder": encoder_spec(self._image_encoder_spec)}
+        cfg = {
+            "source": self.source,
+            "categories": len(self.knowledge),
+            "k": self.k,
+            "threshold": self.threshold,
+            "budget": self.budget,
+            "image_encoder": encoder_spec(self._image_encoder_spec),
+        }
         if self.reranker is not None:  # only then: identities of runs without a re-ranker stay as they were
             cfg["rerank"] = self.reranker.config()
             cfg["margin_threshold"] = self.margin_threshold

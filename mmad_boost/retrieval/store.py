@@ -4,6 +4,7 @@
 large stores) or `hnsw` (graph). Each kind names a FAISS `index_factory` string (`INDEX_KINDS`).
 Vectors are L2-normalised, so inner product = cosine similarity.
 """
+
 from __future__ import annotations
 
 import json
@@ -118,8 +119,15 @@ class VectorStore:
 
         write_bytes(d / f"{name}.faiss", _faiss().serialize_index(self.index).tobytes())  # every file atomic
         save_npy(d / f"{name}.npy", self.vectors())
-        info = {"format": FORMAT_VERSION, "identity": self.identity, "kind": self.kind, "nlist": self.nlist,
-                "hnsw_m": self.hnsw_m, "count": len(self.meta), "meta": self.meta}
+        info = {
+            "format": FORMAT_VERSION,
+            "identity": self.identity,
+            "kind": self.kind,
+            "nlist": self.nlist,
+            "hnsw_m": self.hnsw_m,
+            "count": len(self.meta),
+            "meta": self.meta,
+        }
         write_text(d / f"{name}.json", json.dumps(info, indent=1, ensure_ascii=False))
 
     @classmethod

@@ -8,6 +8,7 @@ within its radius) orders those. The builder's SSIM ranking (`build-bench --simi
 stays the way to write `similar_templates` into a question file; this is for files without them.
 Features of candidates are computed once per process; rankings are kept per (root, image, n).
 """
+
 from __future__ import annotations
 
 import threading
@@ -90,8 +91,10 @@ def similar_normals(bench, sample, n: int) -> list[str]:
     if key not in _CHOSEN:
         pool = [k for k in normal_pool(bench, sample) if k != sample.key]
         if len(pool) < n:
-            raise MmadError(f"image {sample.key!r} has no similar_templates and {bench.root}/{sample.dataset}/{sample.category}/train/good "
-                            f"holds {len(pool)} normal images, {n} needed; add similar_templates (build-bench) or train/good images")
+            raise MmadError(
+                f"image {sample.key!r} has no similar_templates and {bench.root}/{sample.dataset}/{sample.category}/train/good "
+                f"holds {len(pool)} normal images, {n} needed; add similar_templates (build-bench) or train/good images"
+            )
         query = bench.load_image(bench.resolve(sample.key))
         order = _RANKER.rank(query, [bench.resolve(k) for k in pool], n)
         _CHOSEN[key] = [pool[i] for i in order]

@@ -12,6 +12,7 @@ The model reaches the workers in one of three ways:
 Workers must see the data root (and the run folder, for expert pictures) at the same paths:
 use a shared file system. Import of ray happens in `run`, so the CLI stays fast.
 """
+
 from __future__ import annotations
 
 import os
@@ -160,10 +161,7 @@ class RayRunner:
                     "pass a model SPEC string or model_factory so each worker builds it"
                 ) from None
         cls = ray.remote(ImageWorker).options(
-            num_cpus=self.num_cpus,
-            num_gpus=self.num_gpus,
-            max_concurrency=self.threads,
-            runtime_env={"env_vars": self.worker_env} if self.worker_env else None,
+            num_cpus=self.num_cpus, num_gpus=self.num_gpus, max_concurrency=self.threads, runtime_env={"env_vars": self.worker_env} if self.worker_env else None
         )
         kwargs = dict(self.runner_kwargs, progress=False, workers=1)
         bench = ray.put(self.bench)  # sent once, shared by all actors

@@ -5,6 +5,7 @@ unit's records as they finish. `ThreadExecutor` asks one question per unit on th
 process (`--workers`); the Ray executor (distributed.py) sends one image's questions per unit to
 an actor. The per-image context (images, a model's `prepare`) is built once per image either way.
 """
+
 from __future__ import annotations
 
 import queue

@@ -4,6 +4,7 @@ Claim the run folder (resume: only unrecorded or errored questions are asked), k
 busy, append each record as it arrives, stop on a streak of errors, and say how to resume after
 Ctrl-C. Nothing already recorded is lost on any exit.
 """
+
 from __future__ import annotations
 
 import sys

@@ -6,6 +6,7 @@ knowledge base's references): it says what it is doing, shows elapsed time again
 from the last time the same kind of step ran on this machine (seconds per unit, kept in the user
 cache folder), and says how long it took.
 """
+
 from __future__ import annotations
 
 import json
@@ -169,8 +170,15 @@ def _tick(what: str, est: float | None, stop: threading.Event) -> None:
     from tqdm import tqdm
 
     total = max(1, round(est)) if est else None
-    with tqdm(total=total, desc=what[:40], unit="s", bar_format="{desc}: {elapsed} elapsed" + (" of ~{total}s {bar}" if total else ""),
-              file=sys.stderr, leave=False, dynamic_ncols=True) as b:
+    with tqdm(
+        total=total,
+        desc=what[:40],
+        unit="s",
+        bar_format="{desc}: {elapsed} elapsed" + (" of ~{total}s {bar}" if total else ""),
+        file=sys.stderr,
+        leave=False,
+        dynamic_ncols=True,
+    ) as b:
         t0 = time.perf_counter()
         while not stop.wait(0.5):
             b.n = min(total, time.perf_counter() - t0) if total else time.perf_counter() - t0

@@ -3,6 +3,7 @@
 Each record is one JSON line written with a single `write` on an O_APPEND descriptor, so a killed
 process leaves at most one torn last line, which the next open cuts off.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -90,8 +91,7 @@ def read_records(path: Path, *, repair: bool = False, move_bad: bool = False, re
             bad.append(line)
         else:
             raise MmadError(
-                f"{path}: line {lineno} {problem}; fix or remove that line, or rerun with --repair "
-                f"to move damaged lines into {path.name}{REJECTED_SUFFIX}"
+                f"{path}: line {lineno} {problem}; fix or remove that line, or rerun with --repair to move damaged lines into {path.name}{REJECTED_SUFFIX}"
             )
         good_end = pos
     if move_bad and (bad or good_end < len(data)):
@@ -221,7 +221,7 @@ class RecordWriter:
         with self._lock:
             try:
                 while line:  # a short write (rare, e.g. near a full disk) must not leave half a line
-                    line = line[os.write(self._fd, line):]
+                    line = line[os.write(self._fd, line) :]
                 if self.durable:
                     os.fsync(self._fd)
             except OSError as e:

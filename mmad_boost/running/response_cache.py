@@ -8,6 +8,7 @@ so any difference in what the model would see is a different key. The file is JS
 as untrusted (a damaged line is skipped, never executed). For a sampling model this reuses one
 draw per prompt, which is what a cached response means.
 """
+
 from __future__ import annotations
 
 import hashlib

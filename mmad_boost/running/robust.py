@@ -11,6 +11,7 @@ the question, the options and the response and asked which option the response c
 and raw output are kept in the record (`judge_answer`, `judge_response`); MMAD's `gpt_answer` is
 left as the parser gave it, so MMAD's rule stays the default and "with judge" is a second figure.
 """
+
 from __future__ import annotations
 
 from dataclasses import replace

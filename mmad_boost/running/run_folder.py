@@ -1,4 +1,5 @@
 """Claiming a run folder: its lock, run.json's identity check, and the questions still to ask."""
+
 from __future__ import annotations
 
 import shutil

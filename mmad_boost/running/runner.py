@@ -4,6 +4,7 @@
 and asks each question; the loop itself (loop.py) is shared with Ray runs (distributed.py), and
 `--workers` threads are its executor here (executors.py).
 """
+
 from __future__ import annotations
 
 import time
@@ -159,8 +160,15 @@ class Runner:
         else:
             options, answer = dict(q.options), q.answer
         record = Record(
-            qid=qid, image=sample.key, question=q.text, question_type=q.type, correct_answer=answer,
-            options=options, setting=self.setting.name, model=self.model_name, parser=self.parser,
+            qid=qid,
+            image=sample.key,
+            question=q.text,
+            question_type=q.type,
+            correct_answer=answer,
+            options=options,
+            setting=self.setting.name,
+            model=self.model_name,
+            parser=self.parser,
         )
         try:
             base = cache.get(sample)

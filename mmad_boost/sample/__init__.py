@@ -9,6 +9,7 @@
 From a shell: `python -m mmad_boost.sample benchmark` prints the benchmark's folder (for `--data`).
 The images are downscaled VisA copies (CC BY 4.0, see visa/NOTICE).
 """
+
 from __future__ import annotations
 
 import hashlib

@@ -4,6 +4,7 @@ root (default): the VisA-layout images; benchmark: the MMAD-format benchmark (bu
 cache), e.g. `mmad-boost eval --data "$(python -m mmad_boost.sample benchmark)" ...`; experts: the
 fitted experts. Errors: one line on stderr, exit code 2.
 """
+
 import sys
 
 from ..errors import MmadError

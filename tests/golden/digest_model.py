@@ -1,6 +1,7 @@
 """A deterministic model for the seeded-run comparison: its answer and response depend on every
 byte of the prompt (text, system text and image pixels), so any change in what a boost puts into
 the prompt changes the records."""
+
 from __future__ import annotations
 
 import hashlib

@@ -4,6 +4,7 @@
 tests/golden/records.json (do that only for a change meant to alter answers, and say so in the
 commit); tests/test_golden_records.py runs the same configurations and compares.
 """
+
 from __future__ import annotations
 
 import json
