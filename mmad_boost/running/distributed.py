@@ -120,7 +120,7 @@ class RayRunner:
         try:
             import ray
         except ModuleNotFoundError:
-            raise MmadError("--backend ray needs Ray: pip install 'ray>=2.30'") from None
+            raise MmadError("--backend ray needs Ray: pip install 'mmad-boost[ray]' (or 'ray>=2.30')") from None
         started = False
         if not ray.is_initialized():
             kwargs = {"include_dashboard": False, "log_to_driver": False} | self.ray_init
