@@ -201,12 +201,13 @@ class FitOnDemand:
         from ..experts import create_expert
         from ..experts.base import DEFAULT_FALSE_MARKS
         from ..experts.cli import Progress
-        from ..experts.fitting import fit_on_folder, image_files, normal_folder
+        from ..experts.fitting import fit_on_folder, normal_folder
+        from ..protocol.image_files import list_images
         from ..running.progress import stage
 
         folder = normal_folder(root, dataset, category)
         what = f"fitting expert {self.name} for {dataset}/{category} (once per category; kept for reruns)"
-        with stage(what, kind=f"fit:{self.name}", units=len(image_files(folder)), unit="normal images"):
+        with stage(what, kind=f"fit:{self.name}", units=len(list_images(folder)), unit="normal images"):
             return fit_on_folder(
                 create_expert(self.name, **self.options), folder, holdout=self.holdout, false_marks=self.false_marks or DEFAULT_FALSE_MARKS, progress=Progress()
             ).expert

@@ -124,7 +124,8 @@ class Progress:
 def cmd_fit(args) -> int:
     from ..protocol.data import load_rgb
     from . import create_expert
-    from .fitting import check_holdout, fit_on_folder, image_files, normal_folder
+    from ..protocol.image_files import list_images
+    from .fitting import check_holdout, fit_on_folder, normal_folder
 
     dataset, sep, category = args.category.partition("/")
     if not sep or not category:
@@ -147,7 +148,7 @@ def cmd_fit(args) -> int:
     if args.defects:
         from .score_choice import choose_image_score
 
-        defect_files = image_files(Path(args.defects))
+        defect_files = list_images(Path(args.defects))
         if not defect_files:
             raise MmadError(f"--defects {args.defects}: no images found; give a folder of defective training images")
         if cal_files or getattr(expert, "kind", "") != "patchcore" or getattr(expert, "mode", "") != "full":

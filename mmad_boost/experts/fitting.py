@@ -14,17 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import MmadError
-from ..protocol.keys import is_image_file
+from ..protocol.image_files import list_images
 from .base import DEFAULT_FALSE_MARKS, check_false_marks, fit_and_calibrate, holdout_split
 
 
 def normal_folder(root: str | Path, dataset: str, category: str) -> Path:
     return Path(root) / dataset / category / "train" / "good"
-
-
-def image_files(folder: Path) -> list[Path]:
-    """The folder's image files sorted by name; none for a missing folder."""
-    return sorted(f for f in folder.iterdir() if is_image_file(f)) if folder.is_dir() else []
 
 
 def check_holdout(holdout: float | None) -> float | None:
@@ -50,7 +45,7 @@ def fit_on_folder(
     from ..protocol.data import load_rgb
 
     holdout, false_marks = check_holdout(holdout), check_false_marks(false_marks)
-    files = image_files(folder)
+    files = list_images(folder)
     if len(files) < 2 and not getattr(expert, "needs_mask", False):  # the ground truth needs no normals
         raise MmadError(
             f"{folder}: expert {getattr(expert, 'name', '?')} needs at least 2 normal images here (to fit and to calibrate), "

@@ -80,11 +80,16 @@ def to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
+def list_images(folder: Path) -> list[Path]:
+    """The folder's image files (by suffix, keys.IMAGE_SUFFIXES) sorted by name; none for a missing folder."""
+    return sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
+
+
 def load_mask(path: Path) -> np.ndarray:
     """A boolean mask, read as MMAD did (protocol §7: maximum 1 as is, maximum 255 // 255, else > 0);
     a folder of masks is merged by maximum."""
     if path.is_dir():
-        files = sorted(f for f in path.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        files = list_images(path)
         if not files:
             raise MmadError(f"mask folder {path} holds no mask images; add them or clear 'mask_path'")
         masks = [load_mask(f) for f in files]

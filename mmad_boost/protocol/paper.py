@@ -13,25 +13,12 @@ import json
 from dataclasses import dataclass
 
 from ..errors import MmadError
+from .scoring import SUBTASKS
 
 TABLES = ("table2", "all_result", "all")  # choices of `compare --paper`
 _TABLE_NAMES = {"table2": "paper Table 2", "all_result": "all_result"}
 # MMAD's all_result/*.csv header, in its order (its scorer writes Recall, Precision, F1 before Overkill, Miss)
-MMAD_CSV_COLUMNS = (
-    "Anomaly Detection",
-    "Defect Classification",
-    "Defect Localization",
-    "Defect Description",
-    "Defect Analysis",
-    "Object Classification",
-    "Object Analysis",
-    "Average",
-    "Recall",
-    "Precision",
-    "F1",
-    "Overkill",
-    "Miss",
-)
+MMAD_CSV_COLUMNS = (*SUBTASKS, "Average", "Recall", "Precision", "F1", "Overkill", "Miss")
 
 
 @dataclass(frozen=True)

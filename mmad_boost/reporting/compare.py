@@ -15,17 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import MmadError
+from ..protocol.scoring import SUBTASKS
 
-COLUMNS = (
-    "Anomaly Detection",
-    "Defect Classification",
-    "Defect Localization",
-    "Defect Description",
-    "Defect Analysis",
-    "Object Classification",
-    "Object Analysis",
-    "Average",
-)
+COLUMNS = (*SUBTASKS, "Average")
 
 
 @dataclass

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import MmadError
-from ..protocol.keys import IMAGE_SUFFIXES
+from ..protocol.image_files import list_images
 from ..protocol.prompt import Prompt
 
 NORMAL_ASK = (
@@ -100,7 +100,7 @@ def _defect_label(sample) -> str:
 def category_plan(bench, dataset: str, category: str, normals: int, per_defect: int) -> tuple[list[Path], dict[str, list]]:
     """(normal image files, {defect name: [samples]}) for one category."""
     train = bench.root / dataset / category / "train" / "good"
-    files = sorted(f for f in train.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)[:normals] if train.is_dir() else []
+    files = list_images(train)[:normals]
     samples = [s for s in bench.samples if s.dataset == dataset and s.category == category]
     if not files:  # no training folder: the question file's normal images
         files = [bench.resolve(s.key) for s in samples if s.is_normal][:normals]

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from ..errors import MmadError
-from ..protocol.keys import IMAGE_SUFFIXES
+from ..protocol.image_files import list_images
 from ..resources import cache_dir
 from .knowledge import knowledge_dataset
 from .store import VectorStore
@@ -55,7 +55,7 @@ def bundled_references(root: Path) -> dict[str, list[Path]]:
                     out.setdefault(row["object"], []).append(root / row["image"])
     else:
         for d in sorted(root.glob("*/Data/Images/Normal")):
-            out[d.parents[2].name] = sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            out[d.parents[2].name] = list_images(d)
     return {k: sorted(v)[:DEFAULT_REFS] for k, v in out.items()}
 
 
@@ -68,7 +68,7 @@ def mmad_layout_references(root: str | Path, n: int, pool: bool = False) -> dict
     out: dict = {}
     for good in sorted(root.glob("*/*/train/good")):
         ds, cat = good.parents[2].name, good.parents[1].name
-        imgs = sorted(p for p in good.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        imgs = list_images(good)
         imgs = _spread(imgs, POOL_FACTOR * n) if (pool and n) else imgs[: n or None]
         if imgs:
             out.setdefault((ds, knowledge_dataset(ds)), {})[cat] = imgs

@@ -21,11 +21,12 @@ import numpy as np
 from PIL import Image
 
 from ..errors import MmadError
+from ..protocol.keys import IMAGE_SUFFIXES
 from .encoders import DEFAULT_IMAGE_ENCODER, DEFAULT_TEXT_ENCODER, Encoder, create_encoder
 from .images import open_image, shrunk, thumb
 from .kb_folder import KB_FORMAT, encoder_spec, load_kb, save_kb  # noqa: F401  (KB_FORMAT: importable from here as before)
 from .knowledge import DEFAULT_BUDGET, CategoryKnowledge, KnowledgeSet, import_mmad_knowledge, knowledge_dataset, load_knowledge
-from .references import DEFAULT_REFS, IMAGE_SUFFIXES, bundled_references, disk_cache_load, disk_cache_save, mmad_layout_references, select_references
+from .references import DEFAULT_REFS, bundled_references, disk_cache_load, disk_cache_save, mmad_layout_references, select_references
 from .decision import TwoStageDecision, rank_votes  # noqa: F401  (rank_votes: importable from here as before)
 from .rerank import PatchReranker
 from .store import VectorStore

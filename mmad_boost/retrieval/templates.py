@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import MmadError
-from ..protocol.keys import IMAGE_SUFFIXES
+from ..protocol.image_files import list_images
 from .encoders import DEFAULT_IMAGE_ENCODER
 from .images import shrunk, thumb
 
@@ -80,9 +80,7 @@ _CHOSEN: dict[tuple, list[str]] = {}
 def normal_pool(bench, sample) -> list[str]:
     """Keys (relative to the data root) of the sample's category's train/good images, sorted."""
     good = Path(bench.root) / sample.dataset / sample.category / "train" / "good"
-    if not good.is_dir():
-        return []
-    return sorted(f"{sample.dataset}/{sample.category}/train/good/{p.name}" for p in good.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    return [f"{sample.dataset}/{sample.category}/train/good/{p.name}" for p in list_images(good)]
 
 
 def similar_normals(bench, sample, n: int) -> list[str]:
