@@ -166,8 +166,9 @@ CONFIG_FIELDS: dict[str, dict[str, Check]] = {
         "topk": number(0, 1e9, optional=True),
         "knn": integer(1, 100_000, optional=True),
         "batch": integer(1, 100_000),
-        "image_score": text(choices=("topk", "blur-max")),
+        "image_score": text(choices=("topk", "blur-max", "scan")),
         "image_score_sigma": number(1e-9, 100),
+        "image_score_null": list_of(list_of(number(-1e12, 1e12), max_items=2), max_items=16, optional=True),  # scan: [mean, sd] per width
     },
     "gt": {},
     "anomalyclip": {

@@ -10,8 +10,10 @@ hides it. Image score = the mean of the top `topk` fraction of patch scores (def
 the 2304 patches at 384 px), so one noisy patch no longer decides. Both lifted image AUROC on the
 sample at 384 px (docs/benchmarks.md). `image_score="blur-max"` instead takes the largest value of
 the patch-score grid blurred by a Gaussian of `image_score_sigma` patches: a defect a few patches
-wide then outscores one noisy patch of the same height (`expert fit --defects` chooses between
-them, experts/score_choice.py). knn=1, topk=0 is the paper's largest patch distance,
+wide then outscores one noisy patch of the same height. `image_score="scan"` is region-size-aware:
+the grid's maximum at blur widths of 0, 1, 2 and 4 patches, each standardised by the training
+normals' (left out of the bank), the largest kept (`expert fit --defects` chooses among the rules,
+experts/score_choice.py). knn=1, topk=0 is the paper's largest patch distance,
 reweight=True its eq. 7 density damping of it. Map = patch scores upsampled bilinearly and
 Gaussian-smoothed (sigma 4 px at the working size), then resized to the image. Input 384 px by
 default: MMAD's defects are often under 0.1 % of the image, below one stride-8 patch at 256 px.
@@ -35,7 +37,7 @@ from ..errors import MmadError
 from ..registry import parse_bool
 from .backbones import DEFAULT_BACKBONE, load_backbone, parse_spec
 from .base import Expert, image_hash
-from .patch_scores import IMAGE_SCORES, knn_patch_scores, patch_image_score
+from .patch_scores import IMAGE_SCORES, checked_scan_null, knn_patch_scores, patch_image_score, reweighted_score, scan_null
 
 _BACKBONES: dict[str, tuple] = {}
 _LOCK = threading.Lock()
@@ -169,6 +171,7 @@ class PatchCore(Expert):
         knn: int | None = None,
         image_score: str = "topk",
         image_score_sigma: float = 1.0,
+        image_score_null: list | None = None,
     ):
         super().__init__()
         if mode not in ("full", "few-shot"):
@@ -203,6 +206,9 @@ class PatchCore(Expert):
         if self.reweight and image_score != "topk":
             raise MmadError("patchcore: reweight (paper eq. 7) fixes the image score; use it with image_score=topk")
         self.image_score, self.image_score_sigma = image_score, image_score_sigma
+        if image_score == "scan" and mode != "full":
+            raise MmadError("patchcore image_score=scan learns each blur width's spread from the training normals: use it in full mode")
+        self.image_score_null = checked_scan_null(image_score_null) if image_score == "scan" else None
         self.needs_templates = mode == "few-shot"
         self.name = "patchcore" if mode == "full" else "patchcore-fewshot"
         self.bank: np.ndarray | None = None
@@ -230,6 +236,8 @@ class PatchCore(Expert):
         before the rule existed stay the same."""
         if self.image_score == "topk":
             return {}
+        if self.image_score == "scan":
+            return {"image_score": "scan", "image_score_null": self.image_score_null}
         return {"image_score": self.image_score, "image_score_sigma": self.image_score_sigma}
 
     # -- features ------------------------------------------------------------------
@@ -273,6 +281,7 @@ class PatchCore(Expert):
     # -- protocol -------------------------------------------------------------------
     def fit(self, images: list[Image.Image], progress=None) -> "PatchCore":
         self._fit(list(images), progress)
+        self._left_out = None
         return self
 
     def _fit(self, images, progress):
@@ -281,7 +290,21 @@ class PatchCore(Expert):
         self.bank, owner, feats = self._build_bank(images, subsample=True, progress=progress)
         self._index = self._index_of(self.bank)
         self.fitted = True
+        self._left_out = None  # scan: each image's search in the bank without it, reused by calibration
+        if self.image_score == "scan":  # its per-width statistics come from normals the bank did not hold
+            if len(images) < 2:
+                raise MmadError(f"expert {self.name}: image_score=scan needs at least 2 normal images to learn from; found {len(images)}")
+            self._left_out = [self._search_left_out(owner, feats, i)[1] for i in range(len(images))]
+            self.image_score_null = scan_null([scores.reshape(feats.shape[1:3]) for scores, _ in self._left_out])
         return owner, feats
+
+    def _search_left_out(self, owner, feats, i):
+        """(bank index without image i's entries, image i's (patch scores, nearest entries) in it)."""
+        keep = owner != i
+        if not keep.any():
+            raise MmadError(f"expert {self.name}: every memory-bank entry came from one image; give more normal images")
+        loo = self._index_of(self.bank[keep])
+        return loo, knn_patch_scores(loo, np.ascontiguousarray(feats[i].reshape(-1, feats.shape[-1])), self.knn)
 
     def fit_and_score_normals(self, images: list[Image.Image], progress=None) -> tuple[np.ndarray, np.ndarray]:
         """Fit on all `images`, then score each against the bank without the entries drawn from
@@ -296,19 +319,16 @@ class PatchCore(Expert):
         owner, feats = self._fit(images, progress)
         scores, maxima, self._calibration_patches = [], [], []
         for i, image in enumerate(images):
-            keep = owner != i
-            if not keep.any():
-                raise MmadError(f"expert {self.name}: every memory-bank entry came from one image; give more normal images")
-            loo = self._index_of(self.bank[keep])
-            searched = knn_patch_scores(loo, np.ascontiguousarray(feats[i].reshape(-1, feats.shape[-1])), self.knn)
+            # scan excludes reweight, the one rule that needs the left-out index itself
+            loo, searched = (None, self._left_out[i]) if self._left_out else self._search_left_out(owner, feats, i)
             amap, score = self._score_features(image, feats[i], loo, searched)
-            self._calibration_patches.append(
-                searched[0].reshape(feats.shape[1:3])
-            )  # 2-D grid, in memory only: lets an image-score rule be chosen without searching again
+            # the 2-D grid, in memory only: lets an image-score rule be chosen without searching again
+            self._calibration_patches.append(searched[0].reshape(feats.shape[1:3]))
             scores.append(score)
             maxima.append(float(amap.max()))
             if progress is not None:
                 progress("calibration", i + 1, len(images))
+        self._left_out = None
         return np.array(scores), np.array(maxima)
 
     def _few_shot_index(self, templates):
@@ -357,7 +377,11 @@ class PatchCore(Expert):
         flat = np.ascontiguousarray(feats.reshape(-1, c))
         scores, nn = searched if searched is not None else knn_patch_scores(index, flat, self.knn)
         patch = scores.reshape(h, w)
-        score = self._reweighted(index, flat, scores, nn) if self.reweight else patch_image_score(patch, self.image_score, self.topk, self.image_score_sigma)
+        score = (
+            reweighted_score(index, flat, scores, nn)
+            if self.reweight
+            else patch_image_score(patch, self.image_score, self.topk, self.image_score_sigma, self.image_score_null)
+        )
         amap = cv2.resize(patch, (self.size, self.size), interpolation=cv2.INTER_LINEAR)
         if self.sigma > 0:
             k = 2 * int(4 * self.sigma + 0.5) + 1
@@ -365,18 +389,6 @@ class PatchCore(Expert):
         W, H = image.size
         amap = cv2.resize(amap, (W, H), interpolation=cv2.INTER_LINEAR)
         return amap, score  # `foreground` is applied by the renderer, at the drawn size as MMAD
-
-    def _reweighted(self, index, flat, scores, nn) -> float:
-        """PatchCore's image score: the largest patch distance, damped when its nearest memory
-        entry sits in a dense region (paper eq. 7, k = 9), which steadies normal images' scores."""
-        i = int(np.argmax(scores))
-        k = min(9, index.ntotal)
-        _, support = index.search(np.ascontiguousarray(index.reconstruct(int(nn[i]))[None]), k)
-        bank = np.stack([index.reconstruct(int(j)) for j in support[0]])
-        d = np.linalg.norm(bank - flat[i], axis=1)
-        d = d - d.max()  # stable softmax
-        weight = 1.0 - float(np.exp(d[0]) / np.exp(d).sum())
-        return float(weight * scores[i])
 
     # -- persistence -----------------------------------------------------------------
     def _state(self) -> dict[str, np.ndarray]:
