@@ -56,7 +56,8 @@ def scale_maxima(patch: np.ndarray) -> np.ndarray:
 def scan_null(normal_grids) -> list[list[float]]:
     """[mean, sd] of normal images' maxima at each scan width (from grids of images the bank did not
     hold). The sd is floored (a thousandth of the mean) so a width where every normal peaks alike
-    cannot divide by zero."""
+    cannot divide by zero. The same normals then set the threshold: each moves the statistics it
+    is judged by by one n-th, a mild in-sample effect."""
     m = np.stack([scale_maxima(g) for g in normal_grids])
     if len(m) < 2:
         raise MmadError("patchcore image_score=scan needs at least 2 normal images' score grids to learn each width's spread")
