@@ -77,13 +77,12 @@ def cli_json(argv: list[str]) -> dict:
 
 
 def fold_study(categories: list[str], folds: int, false_marks: float, viz: str, options: dict) -> tuple[list[dict], dict]:
-    import numpy as np
     from PIL import Image
 
     from bench_experts import fold_test_normals
     from mmad_boost.experts import create_expert
     from mmad_boost.experts.base import fit_and_calibrate
-    from mmad_boost.experts.operating import TARGETS, _marks, best_fixed, counts, scored
+    from mmad_boost.experts.operating import TARGETS, best_fixed, item_marks, scored, tally
     from mmad_boost.experts.sample import visa_split
 
     rows, pooled, rng = [], {}, np.random.default_rng(0)
@@ -104,7 +103,10 @@ def fold_study(categories: list[str], folds: int, false_marks: float, viz: str, 
             curve = {}
             for target in sorted(set(TARGETS) | {false_marks}):
                 expert.set_false_marks(target)
-                fm, hits, missed = counts(items, viz, expert.image_threshold, expert.pixel_threshold)
+                marks = item_marks(items, viz, expert.image_threshold, expert.pixel_threshold)
+                if target == false_marks:
+                    at_target = marks  # per item, for the bootstrap
+                fm, hits, missed = tally(items, marks)
                 curve[target] = {
                     "false_marks": fm,
                     "hits": hits,
@@ -113,9 +115,9 @@ def fold_study(categories: list[str], folds: int, false_marks: float, viz: str, 
                     "image_threshold": expert.image_threshold,
                     "pixel_threshold": expert.pixel_threshold,
                 }
-            expert.set_false_marks(false_marks)
-            marks = [_marks(it, viz, expert.image_threshold, expert.pixel_threshold) for it in items]  # per item, for the bootstrap
-            pool.append({"items": items, "curve": curve, "normal_marked": [m[0] for m in marks[: len(test)]], "hit": [m[1] for m in marks[len(test) :]]})
+            pool.append(
+                {"items": items, "curve": curve, "normal_marked": [m[0] for m in at_target[: len(test)]], "hit": [m[1] for m in at_target[len(test) :]]}
+            )
             rows.append({"category": cat, "fold": fold, "normal": len(test), "defective": len(defects), "curve": curve})
             c = curve[false_marks]
             print(
@@ -136,7 +138,7 @@ RESAMPLES = 1000
 def hit_table(pool: list[dict], target: float, candidates, viz: str):
     """Hit (bool) of every pooled defect item (fold-major) at every candidate image threshold t,
     its pixels drawn above min(its fold's pixel threshold at `target`, t), as operating.best_fixed."""
-    from mmad_boost.experts.operating import _marks
+    from mmad_boost.experts.operating import _marks, capped_pixel_threshold
 
     rows = []
     for fold in pool:
@@ -144,7 +146,7 @@ def hit_table(pool: list[dict], target: float, candidates, viz: str):
         for it in (it for it in fold["items"] if it.mask is not None):
             memo, row = {}, []
             for t in candidates:
-                p = min(px, t) if np.isfinite(t) else px
+                p = capped_pixel_threshold(px, t)
                 if not it.score > t:  # judged normal: nothing drawn, no hit (skips the render)
                     row.append(False)
                     continue
@@ -222,7 +224,6 @@ def pooled_both(pooled: dict) -> dict:
 def choice_study(categories: list[str], folds: int, false_marks: float, viz: str, options: dict) -> list[dict]:
     import copy
 
-    import numpy as np
     from PIL import Image
 
     from bench_experts import fold_test_normals

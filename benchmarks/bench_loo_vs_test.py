@@ -38,13 +38,9 @@ def image_score(expert, index, feats: np.ndarray) -> float:
 
 
 def coreset_bank(expert, feats: np.ndarray, members: list[int]):
-    """(bank, owner image of each entry) fitted on `members`, as PatchCore's fit builds it."""
-    from mmad_boost.experts.patchcore import greedy_coreset
-
-    n, h, w, c = feats[members].shape
-    flat = feats[members].reshape(-1, c)
-    chosen = greedy_coreset(flat, max(1, int(len(flat) * expert.coreset_ratio)), seed=expert.seed)
-    return flat[chosen].astype(np.float16).astype(np.float32), np.asarray(members)[chosen // (h * w)]
+    """(bank, owner image of each entry) fitted on `members` (PatchCore's own bank building)."""
+    bank, owner = expert.bank_from_features(feats[members])
+    return bank, np.asarray(members)[owner]
 
 
 def category_study(cat: str, folds: int, kfold: bool) -> dict:

@@ -15,6 +15,8 @@ from mmad_boost.experts import create_expert, load_expert
 from mmad_boost.experts.base import NormalScores, conformal_threshold, fit_and_calibrate
 from mmad_boost.experts.sample import visa_split
 
+from fixtures import grid_patchcore
+
 scores_st = st.lists(st.floats(-1e6, 1e6, allow_nan=False), min_size=1, max_size=60)
 rates_st = st.floats(0.001, 0.999)
 
@@ -260,24 +262,6 @@ def test_boosted_evidence_text_mode_sends_words_not_picture():
         BoostedModel(Echo(), expert=Spot(), calibrated=True, evidence="words")
 
 
-def _grid_patchcore(grids: dict, **kw):
-    """A PatchCore whose backbone is replaced by known patch-score grids (looked up per image object):
-    with a bank holding only the origin, each patch score is the norm of its feature, its grid value."""
-    expert = create_expert("patchcore", size=48, sigma=0, **kw)
-
-    def features(images, progress=None):
-        out = []
-        for im in images:
-            g = grids[id(im)]
-            out.append(np.stack([g, np.zeros_like(g)], -1).astype(np.float32))
-        return np.stack(out)
-
-    expert.features = features
-    expert.bank = np.zeros((1, 2), np.float32)
-    expert._index, expert.fitted = expert._index_of(expert.bank), True
-    return expert
-
-
 def _gauss_centre(sigma: float) -> float:
     """The centre weight of a normalised 1-D Gaussian kernel of radius int(4 sigma + 0.5), by its formula."""
     r = int(4 * sigma + 0.5)
@@ -323,7 +307,7 @@ def test_chooser_picks_the_image_score_that_separates_the_defects(tmp_path):
     normals, defects = _normals_and_defects(np.random.default_rng(0))
     for only_topk in (True, False):
         images = [Image.new("RGB", (48, 48)) for _ in defects]
-        expert = _grid_patchcore({id(im): g for im, g in zip(images, defects)})
+        expert = grid_patchcore({id(im): g for im, g in zip(images, defects)})
         expert._calibration_patches = [g.astype(np.float32) for g in normals]
         expert.calibrate_from(NormalScores([0.0] * 20, [6.0] * 20, "leave-one-out", 0.1))
         rows = (choose_topk if only_topk else choose_image_score)(expert, images)
@@ -347,9 +331,9 @@ def test_chooser_picks_the_image_score_that_separates_the_defects(tmp_path):
 
 
 def test_image_score_rule_in_config_round_trip_and_default_identity(tmp_path):
-    default, blurred = _grid_patchcore({}), _grid_patchcore({}, image_score="blur-max", image_score_sigma="2")  # as `--option` strings
+    default, blurred = grid_patchcore({}), grid_patchcore({}, image_score="blur-max", image_score_sigma="2")  # as `--option` strings
     assert "image_score" not in default.config() and "image_score_sigma" not in default.config()  # old folders' identity unchanged
-    assert _grid_patchcore({}, image_score="topk", image_score_sigma=3).state_id == default.state_id
+    assert grid_patchcore({}, image_score="topk", image_score_sigma=3).state_id == default.state_id
     assert blurred.state_id != default.state_id and blurred.image_score_sigma == 2.0
     again = load_expert(blurred.save(tmp_path / "b"))
     assert again.config() == blurred.config() and again.state_id == blurred.state_id

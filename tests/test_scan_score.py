@@ -15,15 +15,7 @@ from mmad_boost.experts import create_expert, load_expert
 from mmad_boost.experts.base import NormalScores, fit_and_calibrate
 from mmad_boost.experts.patch_scores import SCAN_SIGMAS, blur_max, knn_patch_scores, scan_null, scan_score
 
-
-def _grid_patchcore(grids: dict, **kw):
-    """A PatchCore whose features are known 2-D grids (looked up per image object): against a bank
-    holding only the origin, a patch's score is its grid value."""
-    expert = create_expert("patchcore", size=48, sigma=0, **kw)
-    expert.features = lambda images, progress=None: np.stack([np.stack([grids[id(im)], np.zeros_like(grids[id(im)])], -1) for im in images]).astype(np.float32)
-    expert.bank = np.zeros((1, 2), np.float32)
-    expert._index, expert.fitted = expert._index_of(expert.bank), True
-    return expert
+from fixtures import grid_patchcore
 
 
 def _sharp_and_wide(rng):
@@ -48,7 +40,7 @@ def test_scan_catches_sharp_and_wide_defects_where_every_single_width_misses_one
 
     normals, sharp, wide = _sharp_and_wide(np.random.default_rng(0))
     images = [Image.new("RGB", (48, 48)) for _ in sharp + wide]
-    expert = _grid_patchcore({id(im): g for im, g in zip(images, sharp + wide)})
+    expert = grid_patchcore({id(im): g for im, g in zip(images, sharp + wide)})
     expert._calibration_patches = [g.astype(np.float32) for g in normals]
     expert.calibrate_from(NormalScores([float(g.max()) for g in normals], [float(g.max()) for g in normals], "leave-one-out", 0.1))
     rows = choose_image_score(expert, images)
@@ -67,14 +59,14 @@ def test_scan_fit_learns_each_width_from_normals_left_out_of_the_bank():
     rng = np.random.default_rng(1)
     grids = [1 + 0.1 * rng.standard_normal((48, 48)) for _ in range(8)]
     images = [Image.new("RGB", (48, 48)) for _ in grids]
-    expert = _grid_patchcore({id(im): g for im, g in zip(images, grids)}, image_score="scan", coreset_ratio=0.5)
+    expert = grid_patchcore({id(im): g for im, g in zip(images, grids)}, image_score="scan", coreset_ratio=0.5)
     expert.fitted, expert.bank = False, None
     with pytest.raises(MmadError, match="scan.*fit"):
         expert._score_features(images[0], expert.features(images[:1])[0], expert._index_of(np.zeros((1, 2), np.float32)))
     fit_and_calibrate(expert, images, false_marks=0.2)
     np.testing.assert_allclose(expert.image_score_null, scan_null(expert._calibration_patches), rtol=1e-6)
     assert expert.normals.scores == pytest.approx([scan_score(g, expert.image_score_null) for g in expert._calibration_patches], rel=1e-6)
-    assert expert._left_out is None  # the left-out searches are not kept after calibration
+    assert not hasattr(expert, "_left_out")  # the left-out searches are not kept after calibration
     feats = expert.features(images)
     for f, left_out in zip(feats, expert._calibration_patches):
         whole = knn_patch_scores(expert._index, np.ascontiguousarray(f.reshape(-1, 2)), expert.knn)[0].reshape(left_out.shape)
@@ -116,7 +108,7 @@ def test_a_damaged_scan_null_is_refused_in_one_line_naming_the_key(null):
 
 
 def test_scan_in_a_folder_is_checked_on_load(tmp_path):
-    expert = _grid_patchcore({}, image_score="scan", image_score_null=[[1.0, 0.1]] * len(SCAN_SIGMAS))
+    expert = grid_patchcore({}, image_score="scan", image_score_null=[[1.0, 0.1]] * len(SCAN_SIGMAS))
     folder = expert.save(tmp_path / "e")
     assert load_expert(folder).image_score_null == expert.image_score_null
     meta = json.loads((folder / "expert.json").read_text())

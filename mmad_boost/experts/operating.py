@@ -64,11 +64,20 @@ def marked_area(pic, shape: tuple[int, int]) -> np.ndarray:
     return area
 
 
+def item_marks(items: list[Scored], viz: str, image_t: float, pixel_t: float) -> list[tuple[bool, bool]]:
+    """(marked anything, marked the true mask) of each item's calibrated picture at these thresholds."""
+    return [_marks(it, viz, image_t, pixel_t) for it in items]
+
+
 def counts(items: list[Scored], viz: str, image_t: float, pixel_t: float) -> tuple[int, int, list[Scored]]:
     """(false marks, hits, missed defects) at these thresholds."""
+    return tally(items, item_marks(items, viz, image_t, pixel_t))
+
+
+def tally(items: list[Scored], marks: list[tuple[bool, bool]]) -> tuple[int, int, list[Scored]]:
+    """(false marks, hits, missed defects) from each item's `item_marks`."""
     false_marks, hits, missed = 0, 0, []
-    for it in items:
-        marked, hit = _marks(it, viz, image_t, pixel_t)
+    for it, (marked, hit) in zip(items, marks):
         if it.mask is None:
             false_marks += marked
         elif hit:
@@ -84,7 +93,12 @@ def best_fixed(items: list[Scored], viz: str, max_false: int, pixel_t: float) ->
     normal = sorted((it.score for it in items if it.mask is None), reverse=True)
     # the lowest threshold allowed (just above the (max_false+1)-th largest normal score) calls the most defects anomalous
     t = float(np.nextafter(normal[max_false], np.inf)) if max_false < len(normal) else -np.inf
-    return counts([it for it in items if it.mask is not None], viz, t, min(pixel_t, t) if np.isfinite(t) else pixel_t)[1]
+    return counts([it for it in items if it.mask is not None], viz, t, capped_pixel_threshold(pixel_t, t))[1]
+
+
+def capped_pixel_threshold(pixel_t: float, image_t: float) -> float:
+    """The pixel threshold a reference image threshold draws with: capped at it, as calibration caps it."""
+    return min(pixel_t, image_t) if np.isfinite(image_t) else pixel_t
 
 
 def operating_curve(expert, items: list[Scored], viz: str, targets=TARGETS) -> dict:

@@ -266,37 +266,37 @@ class PatchCore(Expert):
         index.add(np.ascontiguousarray(bank, dtype=np.float32))
         return index
 
-    def _build_bank(self, images: list[Image.Image], subsample: bool, progress=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(bank, the image each bank entry came from, the images' features)."""
-        if not images:
-            raise MmadError(f"expert {self.name}: fit needs at least one normal image")
-        feats = self.features(images, progress)
+    def bank_from_features(self, feats: np.ndarray, progress=None) -> tuple[np.ndarray, np.ndarray]:
+        """(bank, the image each entry came from) from patch features (N, h, w, C), as fit builds it."""
         flat = feats.reshape(-1, feats.shape[-1])
         chosen = np.arange(len(flat))
-        if subsample and self.coreset_ratio < 1:
+        if self.coreset_ratio < 1:
             chosen = greedy_coreset(flat, max(1, int(len(flat) * self.coreset_ratio)), seed=self.seed, progress=progress)
         # stored as float16; use the rounded values in memory too so a reloaded expert scores identically
-        return flat[chosen].astype(np.float16).astype(np.float32), chosen // (feats.shape[1] * feats.shape[2]), feats
+        return flat[chosen].astype(np.float16).astype(np.float32), chosen // (feats.shape[1] * feats.shape[2])
 
     # -- protocol -------------------------------------------------------------------
     def fit(self, images: list[Image.Image], progress=None) -> "PatchCore":
         self._fit(list(images), progress)
-        self._left_out = None
         return self
 
     def _fit(self, images, progress):
+        """Fit; (owner of each bank entry, features, and for scan each image's left-out search, reused by calibration)."""
         if self.mode == "few-shot":
-            return None, None  # fits per query on its templates
-        self.bank, owner, feats = self._build_bank(images, subsample=True, progress=progress)
+            return None, None, None  # fits per query on its templates
+        if not images:
+            raise MmadError(f"expert {self.name}: fit needs at least one normal image")
+        feats = self.features(images, progress)
+        self.bank, owner = self.bank_from_features(feats, progress=progress)
         self._index = self._index_of(self.bank)
         self.fitted = True
-        self._left_out = None  # scan: each image's search in the bank without it, reused by calibration
+        left_out = None
         if self.image_score == "scan":  # its per-width statistics come from normals the bank did not hold
             if len(images) < 2:
                 raise MmadError(f"expert {self.name}: image_score=scan needs at least 2 normal images to learn from; found {len(images)}")
-            self._left_out = [self._search_left_out(owner, feats, i)[1] for i in range(len(images))]
-            self.image_score_null = scan_null([scores.reshape(feats.shape[1:3]) for scores, _ in self._left_out])
-        return owner, feats
+            left_out = [self._search_left_out(owner, feats, i)[1] for i in range(len(images))]
+            self.image_score_null = scan_null([scores.reshape(feats.shape[1:3]) for scores, _ in left_out])
+        return owner, feats, left_out
 
     def _search_left_out(self, owner, feats, i):
         """(bank index without image i's entries, image i's (patch scores, nearest entries) in it)."""
@@ -316,11 +316,11 @@ class PatchCore(Expert):
         if self.mode == "few-shot":
             outs = [self.predict(im, templates=[images[(i + 1) % len(images)]]) for i, im in enumerate(images)]
             return np.array([o.score for o in outs]), np.array([float(o.map.max()) for o in outs])
-        owner, feats = self._fit(images, progress)
+        owner, feats, left_out = self._fit(images, progress)
         scores, maxima, self._calibration_patches = [], [], []
         for i, image in enumerate(images):
             # scan excludes reweight, the one rule that needs the left-out index itself
-            loo, searched = (None, self._left_out[i]) if self._left_out else self._search_left_out(owner, feats, i)
+            loo, searched = (None, left_out[i]) if left_out else self._search_left_out(owner, feats, i)
             amap, score = self._score_features(image, feats[i], loo, searched)
             # the 2-D grid, in memory only: lets an image-score rule be chosen without searching again
             self._calibration_patches.append(searched[0].reshape(feats.shape[1:3]))
@@ -328,7 +328,6 @@ class PatchCore(Expert):
             maxima.append(float(amap.max()))
             if progress is not None:
                 progress("calibration", i + 1, len(images))
-        self._left_out = None
         return np.array(scores), np.array(maxima)
 
     def _few_shot_index(self, templates):
@@ -338,7 +337,7 @@ class PatchCore(Expert):
         with self._few_lock:
             if self._few[0] == key:
                 return self._few[2]
-        bank = self._build_bank(list(templates), subsample=True)[0]
+        bank = self.bank_from_features(self.features(list(templates)))[0]
         index = self._index_of(bank)
         with self._few_lock:
             self._few = (key, bank, index)

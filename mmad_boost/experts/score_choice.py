@@ -74,7 +74,8 @@ def choose_image_score(expert, defects: list, candidates=CANDIDATES) -> list[dic
     now = configured(expert)
     pool = list(candidates) + ([] if any(_same(now, k) for k in candidates) else [now])
     rate, rows = expert.normals.false_marks, []
-    null = scan_null(normal)  # the scan's per-width statistics, from the same left-out normal grids
+    # the scan's per-width statistics, from the same left-out normal grids (only when the scan competes)
+    null = scan_null(normal) if any(c.rule == "scan" for c in pool) else None
     for cand in pool:
         t = conformal_threshold([cand.score(p, null) for p in normal], rate)
         d = np.array([cand.score(p, null) for p in defect_patches])
